@@ -1,0 +1,72 @@
+"""One typed settings object, read from environment variables (see README, "Settings")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO_ROOT / "models" / "nanodet-g-416.onnx"
+
+
+class IceServer(BaseModel):
+    """One entry of an RTCConfiguration's `iceServers`."""
+
+    urls: str | list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Environment variables use the upper-case field name."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: str = "info"
+
+    # --- ICE / networking ---
+    ice_servers: list[IceServer] = Field(
+        default_factory=list,
+        description="JSON list of RTCIceServer dicts used by the server and handed to browsers.",
+    )
+    ice_host_addresses: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated host addresses aiortc gathers (e.g. 127.0.0.1 in tests). Empty: all.",
+    )
+
+    # --- limits ---
+    video_concurrency_limit: int = Field(8, ge=1)
+    video_time_limit_s: float | None = Field(None, gt=0)
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+
+    # --- video stream ---
+    video_default_filter: str = "none"
+    video_default_detect: bool = False
+    video_default_conf_threshold: float = Field(0.35, ge=0.0, le=1.0)
+    video_report_hz: float = Field(5.0, gt=0, le=30)
+
+    # --- detection ---
+    detector_model_path: Path = DEFAULT_MODEL
+    detector_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = auto")
+    detector_use_gpu: bool = True
+    detector_iou_threshold: float = Field(0.5, gt=0.0, le=1.0)
+
+    @field_validator("ice_host_addresses", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def client_rtc_configuration(self) -> dict[str, Any]:
+        """The RTCConfiguration handed to browsers."""
+        return {"iceServers": [s.model_dump(exclude_none=True) for s in self.ice_servers]}
+
+    def server_rtc_configuration(self) -> dict[str, Any]:
+        """The configuration for the server's own peers: explicit, never aiortc's public STUN default."""
+        return self.client_rtc_configuration()

@@ -1,0 +1,104 @@
+"""The WebRTC offer route: validate before fastrtc sees anything, answer refusals with real status codes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Literal
+
+from aiortc.sdp import SessionDescription
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from streams.runtime import HardenedStream, OfferRejected
+
+logger = logging.getLogger(__name__)
+
+MAX_SDP_CHARS = 100_000
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+
+# Stock fastrtc answers every refusal with HTTP 200; these are the codes we use instead.
+STATUS_BY_CODE = {
+    "invalid_sdp": 400,
+    "invalid_offer": 400,
+    "invalid_candidate_format": 400,
+    "unknown_connection": 404,
+    "connection_already_exists": 409,
+    "connection_closed": 409,
+    "concurrency_limit_reached": 503,
+    "session_failed": 503,
+}
+
+
+class OfferBody(BaseModel):
+    """fastrtc's offer body, checked: a known type, a sane id, a bounded SDP."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["offer", "ice-candidate"]
+    webrtc_id: str = Field(pattern=SESSION_ID_PATTERN)
+    sdp: str | None = Field(None, max_length=MAX_SDP_CHARS)
+    candidate: dict[str, Any] | None = None
+
+
+def refusal(status: int, code: str, message: str, **meta: Any) -> JSONResponse:
+    """The one error shape of this server: machine-readable code, human message."""
+    return JSONResponse(
+        status_code=status,
+        content={"status": "failed", "meta": {"error": code, **meta}, "message": message},
+    )
+
+
+def check_offer_sdp(sdp: str | None, modality: str, mode: str) -> str | None:
+    """A reason to refuse this SDP, or None. aiortc would raise (stock: HTTP 500) on most of these."""
+    if not sdp or not sdp.strip():
+        return "the offer has no SDP"
+    try:
+        parsed = SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc's parser raises assorted errors on junk
+        return f"the SDP could not be parsed ({type(exc).__name__})"
+    kinds = [m.kind for m in parsed.media]
+    if not kinds:
+        return "the SDP has no media sections (is it an SDP offer?)"
+    allowed = {"application", *(["audio", "video"] if modality == "audio-video" else [modality])}
+    unexpected = sorted({k for k in kinds if k not in allowed})
+    if unexpected:
+        return f"this stream carries {modality} only; the offer also has {', '.join(unexpected)}"
+    media = [m for m in parsed.media if m.kind != "application"]
+    if not media:
+        return f"the offer has no {modality} track"
+    if mode == "send-receive" and not any(m.direction in (None, "sendrecv", "sendonly") for m in media):
+        return f"this stream needs the client to send {modality}; the offer only receives"
+    if mode == "receive" and not any(m.direction in (None, "sendrecv", "recvonly") for m in media):
+        return f"this stream sends {modality} to the client; the offer does not receive it"
+    if not any(m.ice and m.ice.usernameFragment for m in parsed.media) and "a=ice-ufrag" not in sdp:
+        return "the SDP has no ICE credentials"
+    return None
+
+
+def make_offer_route(
+    stream: HardenedStream, name: str, count_outcome: Callable[[str], None] = lambda outcome: None
+):  # noqa: ANN201 - FastAPI endpoint
+    async def offer(body: OfferBody) -> Any:
+        if body.type == "offer":
+            problem = check_offer_sdp(body.sdp, stream.modality, stream.mode)
+            if problem:
+                logger.info("session %s: %s offer refused: %s", body.webrtc_id, name, problem)
+                count_outcome("invalid_sdp")
+                return refusal(400, "invalid_sdp", problem)
+        elif body.candidate is None:
+            return refusal(400, "invalid_candidate_format", "an ice-candidate message needs a candidate")
+        try:
+            answer = await stream.handle_offer(
+                body.model_dump(), set_outputs=stream.set_additional_outputs(body.webrtc_id)
+            )
+        except OfferRejected as exc:
+            count_outcome(exc.code)
+            if exc.code == "concurrency_limit_reached":
+                logger.warning("session %s: %s limit reached (%s)", body.webrtc_id, name, exc.meta)
+            return refusal(STATUS_BY_CODE.get(exc.code, 400), exc.code, exc.message, **exc.meta)
+        count_outcome("accepted" if body.type == "offer" else "candidate")
+        return answer
+
+    offer.__name__ = f"{name}_offer"
+    return offer

@@ -1,0 +1,89 @@
+"""Per-stream HTTP routes: offer, live input, and server-sent-event outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Query
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from server.offers import SESSION_ID_PATTERN, make_offer_route, refusal
+from streams.runtime import HardenedStream
+
+logger = logging.getLogger(__name__)
+
+SSE_KEEPALIVE_S = 15.0
+
+
+class InputBody(BaseModel):
+    """`{webrtc_id, ...params}`: the params are validated by the stream's own session."""
+
+    model_config = ConfigDict(extra="allow")
+
+    webrtc_id: str = Field(pattern=SESSION_ID_PATTERN)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)
+
+
+def unknown_session(webrtc_id: str, name: str) -> Any:
+    return refusal(404, "unknown_connection", f"no active {name} session with webrtc_id {webrtc_id!r}")
+
+
+async def sse_events(reports: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+    """Server-sent events, with a comment line as keep-alive so proxies keep the stream open."""
+    iterator = reports.__aiter__()
+    yield ": connected\n\n"
+    while True:
+        try:
+            report = await asyncio.wait_for(iterator.__anext__(), SSE_KEEPALIVE_S)
+        except (TimeoutError, asyncio.TimeoutError):
+            yield ": keep-alive\n\n"
+            continue
+        except StopAsyncIteration:
+            yield "event: end\ndata: {}\n\n"
+            return
+        yield f"data: {json.dumps(report)}\n\n"
+
+
+def mount_stream(app: FastAPI, stream: HardenedStream, name: str) -> None:
+    """Mount `/{name}/webrtc/offer`, `/{name}/input` and `/{name}/outputs` for one stream."""
+    router = APIRouter(prefix=f"/{name}", tags=[name])
+    offers = app.state.metrics.offers
+    router.post("/webrtc/offer")(make_offer_route(stream, name, lambda o: offers.labels(name, o).inc()))
+
+    @router.post("/input", name=f"{name}_input")
+    async def set_input(body: InputBody) -> Any:
+        session = stream.sessions.get(body.webrtc_id)
+        if session is None:
+            return unknown_session(body.webrtc_id, name)
+        try:
+            params = session.update(dict(body.model_extra or {}))
+        except ValidationError as exc:
+            return refusal(422, "invalid_input", describe_validation_error(exc))
+        return {"status": "ok", "params": params}
+
+    @router.get("/outputs", name=f"{name}_outputs")
+    async def outputs(webrtc_id: str = Query(pattern=SESSION_ID_PATTERN)) -> Any:
+        session = stream.sessions.get(webrtc_id)
+        if session is None:
+            return unknown_session(webrtc_id, name)
+        return StreamingResponse(
+            sse_events(session.reports.listen()),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    app.include_router(router)
+    app.state.streams[name] = stream

@@ -1,0 +1,337 @@
+"""fastrtc made production-grade: the media-side fixes, each in one named place.
+
+Measured problems of stock fastrtc 0.0.34 (see README, "What we fix in fastrtc") and where they are fixed:
+
+- handlers run synchronously on the event loop      -> `LatestFrameTrack` runs them in a per-session thread
+- the decoded-frame queue is unbounded               -> `LatestFrameTrack` keeps only the newest frame
+- frames pass through untouched until `set_input`    -> sessions start with default parameters
+- `VideoStreamHandler.callable` re-wrapped per offer -> the stream's handler is never wrapped or replaced
+- an offer failing after registration leaks its slot -> `HardenedStream.handle_offer` cleans up
+- the first handler exception kills the output       -> `LatestFrameTrack` reports it and keeps going
+- `concurrency_limit=None` means 1, STUN by default  -> `HardenedStream` requires explicit values
+- additional outputs queue without bound             -> `ReportChannel` keeps a bounded backlog
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import av
+from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
+from fastapi.responses import JSONResponse
+from fastrtc import Stream
+from fastrtc.tracks import VideoCallback
+
+logger = logging.getLogger(__name__)
+
+
+class OfferRejected(Exception):
+    """An offer the server refuses; `code` is machine-readable, the message is for people."""
+
+    def __init__(self, code: str, message: str, **meta: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.meta = meta
+
+
+class ReportChannel:
+    """Per-session reports for any number of listeners, each with a bounded backlog (oldest dropped).
+
+    Stock fastrtc puts every `AdditionalOutputs` in an unbounded queue that grows forever when
+    nobody reads it; a 30 fps handler reporting per frame would leak memory.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, backlog: int = 16) -> None:
+        self._loop = loop
+        self._backlog = backlog
+        self._listeners: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self.last: dict[str, Any] | None = None
+        self.closed = False
+
+    def publish(self, report: dict[str, Any]) -> None:
+        """Thread-safe: may be called from worker threads."""
+        if self.closed:
+            return
+        self._loop.call_soon_threadsafe(self._deliver, report)
+
+    def _deliver(self, report: dict[str, Any] | None) -> None:
+        if report is not None:
+            self.last = report
+        for queue in self._listeners:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(report)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._loop.call_soon_threadsafe(self._deliver, None)
+
+    async def listen(self) -> AsyncIterator[dict[str, Any]]:
+        """Yields reports until the session ends."""
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(self._backlog)
+        self._listeners.add(queue)
+        try:
+            if self.last is not None:
+                queue.put_nowait(self.last)
+            while not self.closed or not queue.empty():
+                item = await queue.get()
+                if item is None:
+                    return
+                yield item
+        finally:
+            self._listeners.discard(queue)
+
+
+class MediaSession(Protocol):
+    """What a stream module provides per connection; knows nothing of HTTP."""
+
+    session_id: str
+    reports: ReportChannel
+
+    def process(self, frame: av.VideoFrame) -> av.VideoFrame: ...
+    def update(self, changes: dict[str, Any]) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
+class LatestFrameTrack(MediaStreamTrack):
+    """An outgoing video track that processes only the newest incoming frame, off the event loop.
+
+    A pump task drains the incoming track as fast as frames arrive and keeps just the newest one;
+    the encoder's `recv()` then processes that frame in the session's own worker thread. A slow
+    handler therefore lowers the output rate instead of building up lag or memory, and never
+    delays other sessions or HTTP routes.
+    """
+
+    kind = "video"
+
+    def __init__(
+        self,
+        source: MediaStreamTrack,
+        session: MediaSession,
+        *,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.session = session
+        self.on_error = on_error
+        self.frames_in = 0
+        self.frames_out = 0
+        self.frames_dropped = 0
+        self.errors = 0
+        self._latest: av.VideoFrame | None = None
+        self._fresh = asyncio.Event()
+        self._source_ended = False
+        self._pump_task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"video-{session.session_id[:12]}")
+        self._channel: Any = None
+        self._loop = asyncio.get_running_loop()
+
+    # fastrtc calls these on every connection object it holds.
+    def set_channel(self, channel: Any) -> None:
+        self._channel = channel
+
+    def set_args(self, args: list[Any]) -> None:
+        """fastrtc's `set_input` path; our sessions take live parameters through `update` instead."""
+
+    async def _pump(self) -> None:
+        try:
+            while True:
+                frame = await self.source.recv()
+                self.frames_in += 1
+                if self._latest is not None:
+                    self.frames_dropped += 1
+                self._latest = frame
+                self._fresh.set()
+        except MediaStreamError:
+            pass
+        except Exception:
+            logger.exception("session %s: incoming video failed", self.session.session_id)
+        finally:
+            self._source_ended = True
+            self._fresh.set()
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._pump_task is None:
+            self._pump_task = asyncio.create_task(self._pump(), name=f"pump-{self.session.session_id}")
+        while self._latest is None:
+            if self._source_ended or self.readyState != "live":
+                self.stop()
+                raise MediaStreamError
+            self._fresh.clear()
+            await self._fresh.wait()
+        frame, self._latest = self._latest, None
+        loop = asyncio.get_running_loop()
+        try:
+            out = await loop.run_in_executor(self._executor, self._process, frame)
+        except RuntimeError as exc:  # executor shut down while we waited: the session is ending
+            raise MediaStreamError from exc
+        self.frames_out += 1
+        return out
+
+    def _process(self, frame: av.VideoFrame) -> av.VideoFrame:
+        try:
+            return self.session.process(frame)
+        except Exception as exc:
+            self.errors += 1
+            if self.errors == 1 or self.errors % 100 == 0:
+                logger.exception("session %s: handler error #%d", self.session.session_id, self.errors)
+                if self.on_error is not None:
+                    self.on_error(
+                        f"processing failed ({type(exc).__name__}: {exc}); frames go out unprocessed"
+                    )
+            return frame
+
+    def send_message(self, message: dict[str, Any]) -> None:
+        """Thread-safe and best effort: the data channel may be absent or closed."""
+        self._loop.call_soon_threadsafe(self._send_now, json.dumps(message))
+
+    def _send_now(self, text: str) -> None:
+        channel = self._channel
+        if channel is not None and getattr(channel, "readyState", "open") == "open":
+            try:
+                channel.send(text)
+            except Exception as exc:
+                logger.debug("session %s: message not sent: %s", self.session.session_id, exc)
+
+    def stop(self) -> None:
+        if self.readyState == "ended":
+            return
+        super().stop()
+        self._source_ended = True
+        self._fresh.set()
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.source.stop()
+        self.session.close()
+
+
+SessionFactory = Callable[[str], MediaSession]
+
+
+class HardenedStream(Stream):
+    """A fastrtc `Stream` whose sessions run in `LatestFrameTrack`s and whose offers never leak.
+
+    `session_factory(webrtc_id)` builds the per-connection state (a `MediaSession`); each incoming
+    video track is answered by a `LatestFrameTrack` around it. The `handler` given to fastrtc is
+    only a placeholder it requires: frames never reach it.
+    """
+
+    def __init__(
+        self,
+        *,
+        session_factory: SessionFactory,
+        concurrency_limit: int,
+        server_rtc_configuration: dict[str, Any],
+        time_limit: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if concurrency_limit is None or server_rtc_configuration is None:
+            raise ValueError("concurrency_limit and server_rtc_configuration must be explicit")
+        super().__init__(
+            handler=_never_called,
+            concurrency_limit=concurrency_limit,
+            time_limit=time_limit,
+            server_rtc_configuration=server_rtc_configuration,
+            **kwargs,
+        )
+        self.session_factory = session_factory
+        self.sessions: dict[str, MediaSession] = {}
+        self.tracks: dict[str, list[LatestFrameTrack]] = {}
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self.pcs)
+
+    async def handle_offer(self, body: dict[str, Any], set_outputs: Any) -> dict[str, Any]:
+        """fastrtc's offer handling, with failures raised as `OfferRejected` and nothing left behind."""
+        webrtc_id = str(body.get("webrtc_id"))
+        is_new_offer = body.get("type") == "offer" and webrtc_id not in self.pcs
+        try:
+            result = await super().handle_offer(body, set_outputs)
+        except Exception as exc:
+            if is_new_offer:
+                await self.end_session(webrtc_id)
+            logger.warning("session %s: offer failed: %s", webrtc_id, exc)
+            raise OfferRejected("invalid_offer", f"the offer could not be applied: {exc}") from exc
+        if isinstance(result, JSONResponse):  # stock fastrtc reports refusals as HTTP 200 bodies
+            meta = json.loads(bytes(result.body)).get("meta", {})
+            code = str(meta.pop("error", "failed"))
+            raise OfferRejected(code, _REFUSALS.get(code, code.replace("_", " ")), **meta)
+        if body.get("type") == "offer":
+            try:
+                self._attach_session(webrtc_id)
+            except Exception as exc:
+                await self.end_session(webrtc_id)
+                logger.exception("session %s: could not start", webrtc_id)
+                raise OfferRejected("session_failed", f"the session could not start: {exc}") from exc
+        return result
+
+    def _attach_session(self, webrtc_id: str) -> None:
+        pc = self.pcs[webrtc_id]
+        session = self.session_factory(webrtc_id)
+        self.sessions[webrtc_id] = session
+        replaced: list[Any] = []
+        for conn in self.connections.get(webrtc_id, []):
+            if not isinstance(conn, VideoCallback):
+                replaced.append(conn)
+                continue
+            track = LatestFrameTrack(conn.track, session)
+            track.on_error = lambda msg, t=track: t.send_message({"type": "error", "message": msg})
+            for sender in pc.getSenders():
+                if sender.track is conn:
+                    sender.replaceTrack(track)
+            replaced.append(track)
+            self.tracks.setdefault(webrtc_id, []).append(track)
+        self.connections[webrtc_id] = replaced
+
+        @pc.on("connectionstatechange")
+        async def _on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self.end_session(webrtc_id)
+
+        logger.info("session %s: connected offer accepted (%d active)", webrtc_id, len(self.pcs))
+
+    async def end_session(self, webrtc_id: str) -> None:
+        """Idempotent: close the peer, stop tracks and threads, free the slot."""
+        pc: RTCPeerConnection | None = self.pcs.get(webrtc_id)
+        for track in self.tracks.pop(webrtc_id, []):
+            track.stop()
+        session = self.sessions.pop(webrtc_id, None)
+        if session is not None:
+            session.close()
+            logger.info("session %s: ended", webrtc_id)
+        if pc is not None:
+            with contextlib.suppress(Exception):
+                await pc.close()
+        self.clean_up(webrtc_id)
+        self.pcs.pop(webrtc_id, None)
+
+    async def close_all(self) -> None:
+        for webrtc_id in list(self.pcs):
+            await self.end_session(webrtc_id)
+
+
+_REFUSALS = {
+    "concurrency_limit_reached": "the server is at its session limit for this stream; try again later",
+    "connection_already_exists": "a session with this webrtc_id already exists",
+    "unknown_connection": "no session with this webrtc_id",
+    "connection_closed": "the session is closed",
+    "invalid_candidate_format": "the ICE candidate is malformed",
+}
+
+
+def _never_called(frame: Any) -> Any:
+    raise RuntimeError("HardenedStream routes frames to LatestFrameTrack; the fastrtc handler is unused")

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.server_process import ServerProcess
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[ServerProcess]:
+    """The real server, started the way a user does (`python -m server`), shared by the session."""
+    proc = ServerProcess(log_name="server").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def test_server() -> Iterator[ServerProcess]:
+    """The server with extra test filters (`slow200`: 200 ms per frame; `explode`: raises),
+    a default filter of `mirror` and a limit of 3 sessions."""
+    proc = ServerProcess(
+        args=["--factory", "tests.apps:app_with_test_filters"],
+        env={"VIDEO_CONCURRENCY_LIMIT": "3", "VIDEO_DEFAULT_FILTER": "mirror"},
+        log_name="test-server",
+    ).start()
+    yield proc
+    proc.stop()

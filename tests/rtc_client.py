@@ -1,0 +1,193 @@
+"""A real aiortc client peer for tests and benchmarks: sends numbered frames, reads them back.
+
+Each sent frame carries its sequence number as 16 black/white blocks in a top and a bottom band,
+and a white orientation square in the top-left: the receiver knows which frame came back, how
+late, and whether it was flipped or mirrored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aioice.ice
+import httpx
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc.mediastreams import MediaStreamError
+from av import VideoFrame
+
+BITS = 16
+BAND = 32
+MARK = (100, 160)  # orientation square: rows/cols 100..160 from the top-left corner
+
+
+def pin_loopback() -> None:
+    """aioice skips 127.0.0.1; on a loopback-only machine the client must offer it explicitly."""
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
+
+
+def encode_frame(
+    seq: int, width: int = 640, height: int = 480, background: np.ndarray | None = None
+) -> np.ndarray:
+    img = np.full((height, width, 3), 128, np.uint8) if background is None else background.copy()
+    block = width // BITS
+    for i in range(BITS):
+        value = 255 if (seq >> i) & 1 else 0
+        img[:BAND, i * block : (i + 1) * block] = value
+        img[height - BAND :, i * block : (i + 1) * block] = value
+    img[MARK[0] : MARK[1], MARK[0] : MARK[1]] = 255
+    return img
+
+
+@dataclass
+class Decoded:
+    seq: int
+    orientation: str  # "upright", "flip", "mirror", "rotated" or "unknown"
+
+
+def decode_frame(gray: np.ndarray) -> Decoded:
+    h, w = gray.shape[:2]
+    block = w // BITS
+    a, b = MARK
+    corners = {
+        "upright": gray[a:b, a:b].mean(),
+        "flip": gray[h - b : h - a, a:b].mean(),
+        "mirror": gray[a:b, w - b : w - a].mean(),
+        "rotated": gray[h - b : h - a, w - b : w - a].mean(),
+    }
+    orientation = max(corners, key=corners.__getitem__)
+    if corners[orientation] < 200:
+        orientation = "unknown"
+    row = gray[BAND // 4 : BAND - BAND // 4]
+    bits = [row[:, i * block + block // 4 : (i + 1) * block - block // 4].mean() > 128 for i in range(BITS)]
+    if orientation in ("mirror", "rotated"):
+        bits = bits[::-1]
+    return Decoded(sum(1 << i for i, bit in enumerate(bits) if bit), orientation)
+
+
+class NumberedTrack(VideoStreamTrack):
+    """A camera that sends numbered frames at `fps`, remembering when each was sent."""
+
+    def __init__(
+        self, fps: int = 30, width: int = 640, height: int = 480, background: np.ndarray | None = None
+    ):
+        super().__init__()
+        self.fps, self.width, self.height = fps, width, height
+        self.background = background
+        self.sent: dict[int, float] = {}
+        self.seq = 0
+        self._start: float | None = None
+
+    async def recv(self) -> VideoFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        target = self._start + self.seq / self.fps
+        delay = target - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        seq = self.seq & 0xFFFF
+        frame = VideoFrame.from_ndarray(
+            encode_frame(seq, self.width, self.height, self.background), format="bgr24"
+        )
+        frame.pts = self.seq * (90000 // self.fps)
+        frame.time_base = fractions.Fraction(1, 90000)
+        self.sent[seq] = time.monotonic()
+        self.seq += 1
+        return frame
+
+
+@dataclass
+class Received:
+    seq: int
+    orientation: str
+    latency_s: float
+    at: float
+    mean: float
+
+
+@dataclass
+class VideoClient:
+    """One client session against a `/video`-style stream."""
+
+    base_url: str
+    stream: str = "video"
+    webrtc_id: str = field(default_factory=lambda: f"test-{time.monotonic_ns()}")
+    fps: int = 30
+    width: int = 640
+    height: int = 480
+    background: np.ndarray | None = None
+    received: list[Received] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    keep_frames: bool = False
+    last_frame: np.ndarray | None = None
+
+    async def connect(self, timeout: float = 15.0) -> dict[str, Any]:
+        pin_loopback()
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.channel = self.pc.createDataChannel("text")
+        self.channel.on("message", lambda m: self.messages.append(json.loads(m)))
+        self.track = NumberedTrack(self.fps, self.width, self.height, self.background)
+        self.pc.addTrack(self.track)
+        self._reader: asyncio.Task[None] | None = None
+        self.pc.on("track", self._on_track)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "webrtc_id": self.webrtc_id}
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout) as http:
+            resp = await http.post(f"/{self.stream}/webrtc/offer", json=body)
+        answer = resp.json()
+        if resp.status_code != 200:
+            raise RuntimeError(f"offer refused: {resp.status_code} {answer}")
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        return answer
+
+    def _on_track(self, track: Any) -> None:
+        self._reader = asyncio.ensure_future(self._read(track))
+
+    async def _read(self, track: Any) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                now = time.monotonic()
+                gray = frame.to_ndarray(format="gray")
+                if self.keep_frames:
+                    self.last_frame = frame.to_ndarray(format="bgr24")
+                d = decode_frame(gray)
+                sent = self.track.sent.get(d.seq)
+                latency = now - sent if sent is not None else float("nan")
+                self.received.append(Received(d.seq, d.orientation, latency, now, float(gray.mean())))
+        except MediaStreamError:
+            return
+
+    async def wait_frames(self, count: int, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        start = len(self.received)
+        while len(self.received) - start < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"got {len(self.received) - start} of {count} frames in {timeout}s")
+            await asyncio.sleep(0.05)
+
+    async def set_input(self, **params: Any) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as http:
+            return await http.post(f"/{self.stream}/input", json={"webrtc_id": self.webrtc_id, **params})
+
+    def window(self, seconds: float) -> list[Received]:
+        """Frames received in the last `seconds`."""
+        now = time.monotonic()
+        return [r for r in self.received if now - r.at <= seconds]
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        await self.pc.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    clean = sorted(v for v in values if v == v)
+    if not clean:
+        return float("nan")
+    return clean[min(len(clean) - 1, int(round(q / 100 * (len(clean) - 1))))]
