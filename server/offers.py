@@ -73,6 +73,8 @@ def check_offer_sdp(sdp: str | None, modality: str, mode: str) -> str | None:
         return f"this stream sends {modality} to the client; the offer does not receive it"
     if not any(m.ice and m.ice.usernameFragment for m in parsed.media) and "a=ice-ufrag" not in sdp:
         return "the SDP has no ICE credentials"
+    if not any(m.dtls and m.dtls.fingerprints for m in parsed.media):
+        return "the SDP has no DTLS fingerprint"
     return None
 
 

@@ -10,6 +10,7 @@ Measured problems of stock fastrtc 0.0.34 (see README, "What we fix in fastrtc")
 - the first handler exception kills the output       -> `LatestFrameTrack` reports it and keeps going
 - `concurrency_limit=None` means 1, STUN by default  -> `HardenedStream` requires explicit values
 - additional outputs queue without bound             -> `ReportChannel` keeps a bounded backlog
+- aiortc holds each received frame one frame interval -> `streams.jitter.MarkerJitterBuffer`
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from aiortc.mediastreams import MediaStreamError
 from fastapi.responses import JSONResponse
 from fastrtc import Stream
 from fastrtc.tracks import VideoCallback
+
+from streams.jitter import use_marker_jitter_buffers
 
 logger = logging.getLogger(__name__)
 
@@ -281,6 +284,7 @@ class HardenedStream(Stream):
 
     def _attach_session(self, webrtc_id: str) -> None:
         pc = self.pcs[webrtc_id]
+        use_marker_jitter_buffers(pc)
         session = self.session_factory(webrtc_id)
         self.sessions[webrtc_id] = session
         replaced: list[Any] = []

@@ -21,6 +21,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, V
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
+from streams.jitter import use_marker_jitter_buffers
+
 BITS = 16
 BAND = 32
 MARK = (100, 160)  # orientation square: rows/cols 100..160 from the top-left corner
@@ -124,6 +126,7 @@ class VideoClient:
     received: list[Received] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
     keep_frames: bool = False
+    low_latency_receive: bool = True
     last_frame: np.ndarray | None = None
 
     async def connect(self, timeout: float = 15.0) -> dict[str, Any]:
@@ -143,6 +146,8 @@ class VideoClient:
         if resp.status_code != 200:
             raise RuntimeError(f"offer refused: {resp.status_code} {answer}")
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        if self.low_latency_receive:  # like a browser: decode a frame when its last packet arrives
+            use_marker_jitter_buffers(self.pc)
         return answer
 
     def _on_track(self, track: Any) -> None:

@@ -1,0 +1,147 @@
+"""Servers to compare, each speaking the same `/video/webrtc/offer` + `/video/input` routes.
+
+- `raw`:   a minimal aiortc echo server in aiortc's own example style (transform in `recv`).
+- `stock`: fastrtc 0.0.34's `Stream` as shipped, with the same handler.
+- `ours`:  this project's server (`server.app.create_app`).
+
+Chosen by environment: BENCH_SERVER (raw|stock|ours), BENCH_HANDLER (pass|edges|detect|slow200),
+BENCH_SKIP_FRAMES (stock only). Start with `uvicorn --factory bench.servers:app`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI
+
+from server.env import apply_offline_defaults
+
+apply_offline_defaults()
+
+
+def make_handler(name: str):
+    from server.config import DEFAULT_MODEL
+    from streams.detection import Detector, draw_detections
+    from streams.filters import FILTERS
+
+    if name == "pass":
+        return lambda frame: frame
+    if name == "edges":
+        return FILTERS["edges"].apply
+    if name == "detect":
+        detector = Detector(DEFAULT_MODEL, use_gpu=False)
+        return lambda frame: draw_detections(frame.copy(), detector.detect(frame, 0.35))
+    if name == "slow200":
+
+        def slow(frame: np.ndarray) -> np.ndarray:
+            time.sleep(0.2)
+            return frame[::-1].copy()
+
+        return slow
+    raise ValueError(name)
+
+
+def raw_app(handler_name: str) -> FastAPI:
+    from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from av import VideoFrame
+
+    handler = make_handler(handler_name)
+    app = FastAPI()
+    pcs: set[RTCPeerConnection] = set()
+
+    class Transform(MediaStreamTrack):
+        kind = "video"
+
+        def __init__(self, track: MediaStreamTrack) -> None:
+            super().__init__()
+            self.track = track
+
+        async def recv(self) -> VideoFrame:
+            frame = await self.track.recv()
+            if handler_name == "pass":
+                return frame
+            out = VideoFrame.from_ndarray(handler(frame.to_ndarray(format="bgr24")), format="bgr24")
+            out.pts, out.time_base = frame.pts, frame.time_base
+            return out
+
+    @app.post("/video/webrtc/offer")
+    async def offer(body: dict[str, Any]) -> dict[str, str]:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pcs.add(pc)
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            pc.addTrack(Transform(track))
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await pc.close()
+                pcs.discard(pc)
+
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+
+    @app.post("/video/input")
+    async def set_input(body: dict[str, Any]) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def stock_app(handler_name: str, skip_frames: bool) -> FastAPI:
+    from fastrtc import Stream, VideoStreamHandler
+
+    handler = make_handler(handler_name)
+    stream = Stream(
+        VideoStreamHandler(handler, skip_frames=skip_frames),
+        modality="video",
+        mode="send-receive",
+        concurrency_limit=64,
+        server_rtc_configuration={"iceServers": []},
+    )
+    app = FastAPI()
+    stream.mount(app, path="/video")
+
+    @app.post("/video/input")
+    async def set_input(body: dict[str, Any]) -> dict[str, str]:
+        stream.set_input(body["webrtc_id"], "placeholder")  # stock calls no handler before this
+        return {"status": "ok"}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def ours_app(handler_name: str) -> FastAPI:
+    from server.app import create_app
+    from server.config import Settings
+    from streams.filters import FILTERS, FrameFilter
+
+    filters = dict(FILTERS)
+    if handler_name == "slow200":
+        filters["slow200"] = FrameFilter(make_handler("slow200"))
+    return create_app(Settings(video_concurrency_limit=64), video_filters=filters)
+
+
+def app() -> FastAPI:
+    from server.ice import pin_host_addresses
+
+    pin_host_addresses([a for a in os.environ.get("ICE_HOST_ADDRESSES", "").split(",") if a])
+    kind = os.environ.get("BENCH_SERVER", "ours")
+    handler = os.environ.get("BENCH_HANDLER", "pass")
+    if kind == "raw":
+        return raw_app(handler)
+    if kind == "stock":
+        return stock_app(handler, os.environ.get("BENCH_SKIP_FRAMES") == "1")
+    return ours_app(handler)

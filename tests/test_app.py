@@ -1,0 +1,78 @@
+"""The app's own routes, settings and offline defaults."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+
+from server.config import Settings
+from streams.filters import FILTERS
+
+
+def test_settings_read_from_environment(monkeypatch):
+    monkeypatch.setenv("ICE_HOST_ADDRESSES", "127.0.0.1, 10.0.0.5")
+    monkeypatch.setenv(
+        "ICE_SERVERS", '[{"urls": "turn:turn.example:3478", "username": "u", "credential": "p"}]'
+    )
+    monkeypatch.setenv("VIDEO_CONCURRENCY_LIMIT", "12")
+    s = Settings()
+    assert s.ice_host_addresses == ["127.0.0.1", "10.0.0.5"]
+    assert s.video_concurrency_limit == 12
+    assert s.client_rtc_configuration() == {
+        "iceServers": [{"urls": "turn:turn.example:3478", "username": "u", "credential": "p"}]
+    }
+    monkeypatch.setenv("VIDEO_CONCURRENCY_LIMIT", "0")
+    with pytest.raises(ValueError):
+        Settings()
+
+
+def test_server_never_uses_a_public_stun_default():
+    assert Settings().server_rtc_configuration() == {"iceServers": []}
+
+
+def test_offline_defaults_are_set_before_gradio_loads():
+    env = {k: v for k, v in os.environ.items() if k not in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_OFFLINE")}
+    code = "import server, os; print(os.environ['GRADIO_ANALYTICS_ENABLED'], os.environ['HF_HUB_OFFLINE'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "1"]
+    env["HF_HUB_OFFLINE"] = "0"  # an operator's explicit choice wins
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "0"]
+
+
+def test_health_config_metrics_and_page(server):
+    with httpx.Client(base_url=server.base_url) as http:
+        health = http.get("/healthz").json()
+        assert health["status"] == "ok" and "video" in health["streams"]
+        assert health["detector"]["format"] == "nanodet"
+        assert http.get("/api/rtc-config").json() == {"iceServers": []}
+        metrics = http.get("/metrics").text
+        assert 'rt_sessions_active{stream="video",transport="webrtc"}' in metrics
+        page = http.get("/")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        script = http.get("/app.js").text
+        assert "/webrtc/offer" in script and "/api/rtc-config" in script and "createDataChannel" in script
+
+
+@pytest.mark.parametrize("name", sorted(FILTERS))
+def test_filters_keep_shape_and_type(name):
+    frame = np.random.default_rng(1).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    out = FILTERS[name].apply(frame)
+    assert out.shape == frame.shape and out.dtype == np.uint8
+    if name != "none":
+        assert not np.array_equal(out, frame)
+
+
+def test_geometric_filters_move_boxes_with_the_picture():
+    frame = np.zeros((100, 200, 3), np.uint8)
+    frame[10:20, 30:50] = 255
+    box = (30, 10, 49, 19)
+    for name in ("flip", "mirror", "gray"):
+        out = FILTERS[name].apply(frame)
+        x1, y1, x2, y2 = FILTERS[name].map_box(box, 200, 100)
+        assert out[y1 : y2 + 1, x1 : x2 + 1].min() == 255, name

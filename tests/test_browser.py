@@ -1,0 +1,77 @@
+"""The page in a real headless Chromium with a fake camera: the webcam comes back processed."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from playwright.async_api import async_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(CHROMIUM) is None, reason="Debian chromium is not installed (make test installs it)"
+)
+
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream", "--allow-loopback-in-peer-connection",
+]  # fmt: skip
+
+# Mean |R-G| + |G-B| over a sample of the remote video's pixels: near 0 for a gray picture.
+CHANNEL_SPREAD = """() => {
+  const v = document.getElementById('remote'); const c = document.createElement('canvas');
+  c.width = v.videoWidth; c.height = v.videoHeight; const g = c.getContext('2d'); g.drawImage(v, 0, 0);
+  const d = g.getImageData(0, 0, c.width, c.height).data; let s = 0, n = 0;
+  for (let i = 0; i < d.length; i += 4 * 97) { s += Math.abs(d[i] - d[i + 1]) + Math.abs(d[i + 1] - d[i + 2]); n++; }
+  return s / n;
+}"""
+
+
+async def test_page_connects_camera_and_filters_live(server):
+    ARTIFACTS.mkdir(exist_ok=True)
+    errors: list[str] = []
+    with tempfile.TemporaryDirectory() as profile:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch_persistent_context(
+                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
+            try:
+                page = browser.pages[0] if browser.pages else await browser.new_page()
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                await page.goto(server.base_url + "/")
+                await page.click("#connect")
+                await page.wait_for_function(
+                    "document.getElementById('remote').videoWidth > 0", timeout=20000
+                )
+                frames = await page.evaluate(
+                    """() => new Promise((resolve) => {
+                        const v = document.getElementById('remote'); let n = 0;
+                        const tick = () => { n++; if (n < 60) v.requestVideoFrameCallback(tick); };
+                        v.requestVideoFrameCallback(tick); setTimeout(() => resolve(n), 3000);
+                    })"""
+                )
+                assert frames >= 30, f"only {frames} frames in 3 s"
+                colourful = await page.evaluate(CHANNEL_SPREAD)
+                await page.select_option("#filter", "gray")
+                await page.check("#detect")
+                await page.wait_for_function(
+                    "document.getElementById('stat-fps').textContent !== '–'", timeout=10000
+                )
+                await page.wait_for_timeout(1500)
+                gray = await page.evaluate(CHANNEL_SPREAD)
+                assert colourful > 40, f"the fake camera should be colourful (spread {colourful:.1f})"
+                assert gray < 15, f"the returned video is not gray (mean channel spread {gray:.1f})"
+                await page.screenshot(path=str(ARTIFACTS / "camera-panel.png"))
+                status = await page.text_content("#status")
+                assert "Connected" in status, status
+                await page.click("#connect")
+                assert "Not connected" in await page.text_content("#status")
+            finally:
+                await browser.close()
+    assert errors == [], errors
