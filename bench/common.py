@@ -19,7 +19,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 OUR_PARAMS = {
     "pass": {"filter": "none"},
-    "edges": {"filter": "edges"},
+    "cartoon": {"filter": "cartoon"},
     "detect": {"detect": True},
     "slow200": {"filter": "slow200"},
 }

@@ -50,7 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--warmup", type=float, default=3)
-    parser.add_argument("--handlers", default="pass,edges,detect")
+    parser.add_argument("--handlers", default="pass,cartoon,detect")
     parser.add_argument("--sizes", default="640x480,1280x720")
     args = parser.parse_args()
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]

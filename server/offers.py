@@ -67,8 +67,8 @@ def check_offer_sdp(sdp: str | None, modality: str, mode: str) -> str | None:
     media = [m for m in parsed.media if m.kind != "application"]
     if not media:
         return f"the offer has no {modality} track"
-    if mode == "send-receive" and not any(m.direction in (None, "sendrecv", "sendonly") for m in media):
-        return f"this stream needs the client to send {modality}; the offer only receives"
+    if mode == "send-receive" and not any(m.direction in (None, "sendrecv") for m in media):
+        return f"this stream sends and receives {modality}; the offer must do both (sendrecv)"
     if mode == "receive" and not any(m.direction in (None, "sendrecv", "recvonly") for m in media):
         return f"this stream sends {modality} to the client; the offer does not receive it"
     if not any(m.ice and m.ice.usernameFragment for m in parsed.media) and "a=ice-ufrag" not in sdp:

@@ -163,11 +163,16 @@ class LatestFrameTrack(MediaStreamTrack):
             self._source_ended = True
             self._fresh.set()
 
+    def start(self) -> None:
+        """Start draining the incoming track now: if nobody ever asks for output (a client that does
+        not receive), undrained frames would pile up in aiortc's receiver queue without bound."""
+        if self._pump_task is None:
+            self._pump_task = asyncio.create_task(self._pump(), name=f"pump-{self.session.session_id}")
+
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._pump_task is None:
-            self._pump_task = asyncio.create_task(self._pump(), name=f"pump-{self.session.session_id}")
+        self.start()
         while self._latest is None:
             if self._source_ended or self.readyState != "live":
                 self.stop()
@@ -297,16 +302,19 @@ class HardenedStream(Stream):
             for sender in pc.getSenders():
                 if sender.track is conn:
                     sender.replaceTrack(track)
+            track.start()
             replaced.append(track)
             self.tracks.setdefault(webrtc_id, []).append(track)
         self.connections[webrtc_id] = replaced
 
         @pc.on("connectionstatechange")
         async def _on_state() -> None:
-            if pc.connectionState in ("failed", "closed"):
+            if pc.connectionState == "connected":
+                logger.info("session %s: connected", webrtc_id)
+            elif pc.connectionState in ("failed", "closed"):
                 await self.end_session(webrtc_id)
 
-        logger.info("session %s: connected offer accepted (%d active)", webrtc_id, len(self.pcs))
+        logger.info("session %s: offer accepted (%d active)", webrtc_id, len(self.pcs))
 
     async def end_session(self, webrtc_id: str) -> None:
         """Idempotent: close the peer, stop tracks and threads, free the slot."""

@@ -1,0 +1,18 @@
+"""`make bench`: every benchmark, each against its baselines in the same run."""
+
+from __future__ import annotations
+
+import sys
+
+from bench import slow, video
+
+
+def main() -> None:
+    for module in (video, slow):
+        print(f"\n=== {module.__name__} ===", flush=True)
+        sys.argv = [module.__name__]
+        module.main()
+
+
+if __name__ == "__main__":
+    main()
