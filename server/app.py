@@ -15,9 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from server.config import REPO_ROOT, Settings
+from server.config import REPO_ROOT, SAMPLE_CLIP, Settings
 from server.env import apply_offline_defaults
-from server.ice import pin_host_addresses
+from server.ice import pin_host_addresses, set_dead_peer_timeout
 from server.limits import BodySizeLimit
 from server.metrics import Metrics
 from server.offers import refusal
@@ -35,10 +35,12 @@ def create_app(
     apply_offline_defaults()
     settings = settings or Settings()
     pin_host_addresses(settings.ice_host_addresses)
+    set_dead_peer_timeout(settings.ice_dead_peer_timeout_s)
 
     # Imported here so the offline defaults above are in place before gradio loads.
     from streams.detection import Detector
     from streams.filters import FILTERS
+    from streams.generation import GenerateParams, create_generate_stream, ensure_sample_clip
     from streams.video import VideoParams, create_video_stream
 
     detector = Detector(
@@ -65,6 +67,17 @@ def create_app(
         server_rtc_configuration=settings.server_rtc_configuration(),
         filters=filters,
         report_hz=settings.video_report_hz,
+    )
+
+    generate = create_generate_stream(
+        defaults=GenerateParams.model_validate(
+            {"fps": settings.generate_default_fps, "source": settings.generate_default_source}
+        ),
+        video_path=settings.generate_video_path or ensure_sample_clip(SAMPLE_CLIP),
+        pattern_fps=settings.generate_pattern_fps,
+        concurrency_limit=settings.generate_concurrency_limit,
+        time_limit=settings.generate_time_limit_s,
+        server_rtc_configuration=settings.server_rtc_configuration(),
     )
 
     @asynccontextmanager
@@ -95,6 +108,7 @@ def create_app(
         return refusal(422, "invalid_request", "; ".join(parts) or "invalid request")
 
     mount_stream(app, video, "video")
+    mount_stream(app, generate, "generate")
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "models" / "nanodet-g-416.onnx"
+SAMPLE_CLIP = Path(tempfile.gettempdir()) / "rtserver" / "sample-clip.avi"
 
 
 class IceServer(BaseModel):
@@ -39,6 +41,10 @@ class Settings(BaseSettings):
         description="Comma-separated host addresses aiortc gathers (e.g. 127.0.0.1 in tests). Empty: all.",
     )
 
+    ice_dead_peer_timeout_s: float = Field(
+        30.0, ge=3, le=300, description="a peer that stops answering ICE consent checks is dropped after this"
+    )
+
     # --- limits ---
     video_concurrency_limit: int = Field(8, ge=1)
     video_time_limit_s: float | None = Field(None, gt=0)
@@ -49,6 +55,16 @@ class Settings(BaseSettings):
     video_default_detect: bool = False
     video_default_conf_threshold: float = Field(0.35, ge=0.0, le=1.0)
     video_report_hz: float = Field(5.0, gt=0, le=30)
+
+    # --- generate stream ---
+    generate_concurrency_limit: int = Field(8, ge=1)
+    generate_time_limit_s: float | None = Field(None, gt=0)
+    generate_default_fps: float | None = Field(None, ge=1, le=60, description="None: the source's own rate")
+    generate_default_source: str = "pattern"
+    generate_pattern_fps: float = Field(30.0, ge=1, le=60)
+    generate_video_path: Path | None = Field(
+        None, description="video file for source=file; None: rendered clip"
+    )
 
     # --- detection ---
     detector_model_path: Path = DEFAULT_MODEL

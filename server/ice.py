@@ -28,3 +28,9 @@ def pin_host_addresses(addresses: list[str]) -> None:
 
     aioice.ice.get_host_addresses = get_host_addresses
     logger.info("ICE host addresses pinned to %s", ", ".join(pinned))
+
+
+def set_dead_peer_timeout(seconds: float) -> None:
+    """How long a silent peer keeps its session: aioice checks consent (RFC 7675) every
+    `CONSENT_INTERVAL` s and gives up after `CONSENT_FAILURES` misses (default 6 x 5 s = 30 s)."""
+    aioice.ice.CONSENT_INTERVAL = seconds / aioice.ice.CONSENT_FAILURES

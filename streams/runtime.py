@@ -2,12 +2,13 @@
 
 Measured problems of stock fastrtc 0.0.34 (see README, "What we fix in fastrtc") and where they are fixed:
 
-- handlers run synchronously on the event loop      -> `LatestFrameTrack` runs them in a per-session thread
+- handlers run synchronously on the event loop      -> `SessionTrack` runs them in a per-session thread
 - the decoded-frame queue is unbounded               -> `LatestFrameTrack` keeps only the newest frame
+- receive generators ignore later inputs, burst      -> `PacedVideoTrack` paces at the live target rate
 - frames pass through untouched until `set_input`    -> sessions start with default parameters
 - `VideoStreamHandler.callable` re-wrapped per offer -> the stream's handler is never wrapped or replaced
 - an offer failing after registration leaks its slot -> `HardenedStream.handle_offer` cleans up
-- the first handler exception kills the output       -> `LatestFrameTrack` reports it and keeps going
+- the first handler exception kills the output       -> `SessionTrack` reports it and keeps going
 - `concurrency_limit=None` means 1, STUN by default  -> `HardenedStream` requires explicit values
 - additional outputs queue without bound             -> `ReportChannel` keeps a bounded backlog
 - aiortc holds each received frame one frame interval -> `streams.jitter.MarkerJitterBuffer`
@@ -19,16 +20,18 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import av
+import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection
-from aiortc.mediastreams import MediaStreamError
+from aiortc.mediastreams import VIDEO_TIME_BASE, MediaStreamError
 from fastapi.responses import JSONResponse
 from fastrtc import Stream
-from fastrtc.tracks import VideoCallback
+from fastrtc.tracks import ServerToClientVideo, VideoCallback
 
 from streams.jitter import use_marker_jitter_buffers
 
@@ -100,41 +103,39 @@ class MediaSession(Protocol):
     session_id: str
     reports: ReportChannel
 
-    def process(self, frame: av.VideoFrame) -> av.VideoFrame: ...
     def update(self, changes: dict[str, Any]) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
 
-class LatestFrameTrack(MediaStreamTrack):
-    """An outgoing video track that processes only the newest incoming frame, off the event loop.
+class ProcessingSession(MediaSession, Protocol):
+    """A session that turns each incoming frame into an outgoing one (send-receive)."""
 
-    A pump task drains the incoming track as fast as frames arrive and keeps just the newest one;
-    the encoder's `recv()` then processes that frame in the session's own worker thread. A slow
-    handler therefore lowers the output rate instead of building up lag or memory, and never
-    delays other sessions or HTTP routes.
+    def process(self, frame: av.VideoFrame) -> av.VideoFrame: ...
+
+
+class GeneratingSession(MediaSession, Protocol):
+    """A session that makes frames for the client (receive mode)."""
+
+    @property
+    def fps(self) -> float: ...
+
+    def produce(self, pts_s: float) -> av.VideoFrame: ...
+
+
+class SessionTrack(MediaStreamTrack):
+    """An outgoing video track whose work runs in the session's own worker thread.
+
+    One thread per session: a slow session never delays another, nor the event loop.
     """
 
     kind = "video"
 
-    def __init__(
-        self,
-        source: MediaStreamTrack,
-        session: MediaSession,
-        *,
-        on_error: Callable[[str], None] | None = None,
-    ) -> None:
+    def __init__(self, session: MediaSession) -> None:
         super().__init__()
-        self.source = source
         self.session = session
-        self.on_error = on_error
-        self.frames_in = 0
         self.frames_out = 0
-        self.frames_dropped = 0
         self.errors = 0
-        self._latest: av.VideoFrame | None = None
-        self._fresh = asyncio.Event()
-        self._source_ended = False
-        self._pump_task: asyncio.Task[None] | None = None
+        self.on_error: Callable[[str], None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"video-{session.session_id[:12]}")
         self._channel: Any = None
         self._loop = asyncio.get_running_loop()
@@ -145,6 +146,63 @@ class LatestFrameTrack(MediaStreamTrack):
 
     def set_args(self, args: list[Any]) -> None:
         """fastrtc's `set_input` path; our sessions take live parameters through `update` instead."""
+
+    def start(self) -> None:
+        """Called once the peer is set up; tracks that need background work start it here."""
+
+    async def _in_worker(self, fn: Callable[..., av.VideoFrame], *args: Any) -> av.VideoFrame:
+        try:
+            return await self._loop.run_in_executor(self._executor, fn, *args)
+        except RuntimeError as exc:  # executor shut down while we waited: the session is ending
+            raise MediaStreamError from exc
+
+    def _report_error(self, exc: Exception, what: str) -> None:
+        self.errors += 1
+        if self.errors == 1 or self.errors % 100 == 0:
+            logger.error(
+                "session %s: handler error #%d: %s", self.session.session_id, self.errors, exc, exc_info=exc
+            )
+            if self.on_error is not None:
+                self.on_error(f"{what} failed ({type(exc).__name__}: {exc})")
+
+    def send_message(self, message: dict[str, Any]) -> None:
+        """Thread-safe and best effort: the data channel may be absent or closed."""
+        self._loop.call_soon_threadsafe(self._send_now, json.dumps(message))
+
+    def _send_now(self, text: str) -> None:
+        channel = self._channel
+        if channel is not None and getattr(channel, "readyState", "open") == "open":
+            try:
+                channel.send(text)
+            except Exception as exc:
+                logger.debug("session %s: message not sent: %s", self.session.session_id, exc)
+
+    def stop(self) -> None:
+        if self.readyState == "ended":
+            return
+        super().stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.session.close()
+
+
+class LatestFrameTrack(SessionTrack):
+    """Processes only the newest incoming frame.
+
+    A pump task drains the incoming track as fast as frames arrive and keeps just the newest one;
+    the encoder's `recv()` then processes that frame in the session's worker thread. A slow
+    handler therefore lowers the output rate instead of building up lag or memory.
+    """
+
+    def __init__(self, source: MediaStreamTrack, session: ProcessingSession) -> None:
+        super().__init__(session)
+        self.source = source
+        self.processor = session
+        self.frames_in = 0
+        self.frames_dropped = 0
+        self._latest: av.VideoFrame | None = None
+        self._fresh = asyncio.Event()
+        self._source_ended = False
+        self._pump_task: asyncio.Task[None] | None = None
 
     async def _pump(self) -> None:
         try:
@@ -180,61 +238,85 @@ class LatestFrameTrack(MediaStreamTrack):
             self._fresh.clear()
             await self._fresh.wait()
         frame, self._latest = self._latest, None
-        loop = asyncio.get_running_loop()
-        try:
-            out = await loop.run_in_executor(self._executor, self._process, frame)
-        except RuntimeError as exc:  # executor shut down while we waited: the session is ending
-            raise MediaStreamError from exc
+        out = await self._in_worker(self._process, frame)
         self.frames_out += 1
         return out
 
     def _process(self, frame: av.VideoFrame) -> av.VideoFrame:
         try:
-            return self.session.process(frame)
+            return self.processor.process(frame)
         except Exception as exc:
-            self.errors += 1
-            if self.errors == 1 or self.errors % 100 == 0:
-                logger.exception("session %s: handler error #%d", self.session.session_id, self.errors)
-                if self.on_error is not None:
-                    self.on_error(
-                        f"processing failed ({type(exc).__name__}: {exc}); frames go out unprocessed"
-                    )
-            return frame
-
-    def send_message(self, message: dict[str, Any]) -> None:
-        """Thread-safe and best effort: the data channel may be absent or closed."""
-        self._loop.call_soon_threadsafe(self._send_now, json.dumps(message))
-
-    def _send_now(self, text: str) -> None:
-        channel = self._channel
-        if channel is not None and getattr(channel, "readyState", "open") == "open":
-            try:
-                channel.send(text)
-            except Exception as exc:
-                logger.debug("session %s: message not sent: %s", self.session.session_id, exc)
+            self._report_error(exc, "processing")
+            return frame  # the stream keeps going, unprocessed
 
     def stop(self) -> None:
         if self.readyState == "ended":
             return
-        super().stop()
         self._source_ended = True
         self._fresh.set()
         if self._pump_task is not None:
             self._pump_task.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
         self.source.stop()
-        self.session.close()
+        super().stop()
+
+
+class PacedVideoTrack(SessionTrack):
+    """Sends a generating session's frames at its *current* target rate, drift-free and burst-free.
+
+    Deadlines advance by the current interval from the previous deadline (no drift); a new rate
+    applies to the very next frame; when the source falls more than a frame behind, the schedule
+    restarts from now instead of catching up in a burst. Stock fastrtc creates its generator once,
+    ignores later inputs and bursts after a late start.
+    """
+
+    def __init__(self, session: GeneratingSession) -> None:
+        super().__init__(session)
+        self.generator = session
+        self._t0: float | None = None
+        self._deadline = 0.0
+        self.late_restarts = 0
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = self._deadline = now
+        else:
+            interval = 1.0 / self.generator.fps
+            self._deadline += interval
+            if now - self._deadline > interval:
+                self._deadline = now
+                self.late_restarts += 1
+            delay = self._deadline - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        frame = await self._in_worker(self._produce, self._deadline - self._t0)
+        self.frames_out += 1
+        return frame
+
+    def _produce(self, pts_s: float) -> av.VideoFrame:
+        try:
+            frame = self.generator.produce(pts_s)
+        except Exception as exc:
+            self._report_error(exc, "generation")
+            frame = av.VideoFrame.from_ndarray(
+                np.zeros((480, 640, 3), np.uint8), format="bgr24"
+            )  # stay alive
+        frame.pts = int(pts_s * 90000)
+        frame.time_base = VIDEO_TIME_BASE
+        return frame
 
 
 SessionFactory = Callable[[str], MediaSession]
 
 
 class HardenedStream(Stream):
-    """A fastrtc `Stream` whose sessions run in `LatestFrameTrack`s and whose offers never leak.
+    """A fastrtc `Stream` whose sessions run in our `SessionTrack`s and whose offers never leak.
 
-    `session_factory(webrtc_id)` builds the per-connection state (a `MediaSession`); each incoming
-    video track is answered by a `LatestFrameTrack` around it. The `handler` given to fastrtc is
-    only a placeholder it requires: frames never reach it.
+    `session_factory(webrtc_id)` builds the per-connection state (a `MediaSession`). fastrtc's own
+    tracks are swapped before media flows: send-receive video gets a `LatestFrameTrack`, receive
+    video a `PacedVideoTrack`. The `handler` given to fastrtc is only a placeholder it requires.
     """
 
     def __init__(
@@ -257,7 +339,7 @@ class HardenedStream(Stream):
         )
         self.session_factory = session_factory
         self.sessions: dict[str, MediaSession] = {}
-        self.tracks: dict[str, list[LatestFrameTrack]] = {}
+        self.tracks: dict[str, list[SessionTrack]] = {}
 
     @property
     def active_sessions(self) -> int:
@@ -294,11 +376,15 @@ class HardenedStream(Stream):
         self.sessions[webrtc_id] = session
         replaced: list[Any] = []
         for conn in self.connections.get(webrtc_id, []):
-            if not isinstance(conn, VideoCallback):
+            track: SessionTrack
+            if isinstance(conn, VideoCallback):
+                track = LatestFrameTrack(conn.track, cast(ProcessingSession, session))
+            elif isinstance(conn, ServerToClientVideo):
+                track = PacedVideoTrack(cast(GeneratingSession, session))
+            else:
                 replaced.append(conn)
                 continue
-            track = LatestFrameTrack(conn.track, session)
-            track.on_error = lambda msg, t=track: t.send_message({"type": "error", "message": msg})
+            track.on_error = track_error_reporter(track)
             for sender in pc.getSenders():
                 if sender.track is conn:
                     sender.replaceTrack(track)
@@ -343,6 +429,10 @@ _REFUSALS = {
     "connection_closed": "the session is closed",
     "invalid_candidate_format": "the ICE candidate is malformed",
 }
+
+
+def track_error_reporter(track: SessionTrack) -> Callable[[str], None]:
+    return lambda msg: track.send_message({"type": "error", "message": msg})
 
 
 def _never_called(frame: Any) -> Any:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from streams.detection import Detection, Detector, draw_detections
 from streams.filters import FILTERS, FrameFilter
+from streams.meters import RateMeter
 from streams.runtime import HardenedStream, ReportChannel
 
 logger = logging.getLogger(__name__)
@@ -44,24 +45,6 @@ class VideoParams(BaseModel):
         if value not in filters:
             raise ValueError(f"unknown filter {value!r}; choose one of: {', '.join(filters)}")
         return value
-
-
-class RateMeter:
-    """Events per second over a sliding one-second window."""
-
-    def __init__(self, window_s: float = 1.0) -> None:
-        self.window_s = window_s
-        self._times: deque[float] = deque()
-
-    def tick(self, now: float) -> None:
-        self._times.append(now)
-        while self._times and now - self._times[0] > self.window_s:
-            self._times.popleft()
-
-    def rate(self, now: float) -> float:
-        while self._times and now - self._times[0] > self.window_s:
-            self._times.popleft()
-        return len(self._times) / self.window_s
 
 
 class VideoSession:

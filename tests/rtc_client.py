@@ -196,3 +196,61 @@ def percentile(values: list[float], q: float) -> float:
     if not clean:
         return float("nan")
     return clean[min(len(clean) - 1, int(round(q / 100 * (len(clean) - 1))))]
+
+
+def decode_counter(gray: np.ndarray) -> int:
+    """The generate stream's frame counter: 16 blocks across the top band, bit i left to right."""
+    block = gray.shape[1] // BITS
+    row = gray[BAND // 4 : BAND - BAND // 4]
+    bits = [row[:, i * block + block // 4 : (i + 1) * block - block // 4].mean() > 128 for i in range(BITS)]
+    return sum(1 << i for i, bit in enumerate(bits) if bit)
+
+
+@dataclass
+class ReceiveClient:
+    """A receive-only client of a `/generate`-style stream: records each frame's counter and arrival."""
+
+    base_url: str
+    stream: str = "generate"
+    webrtc_id: str = field(default_factory=lambda: f"recv-{time.monotonic_ns()}")
+    frames: list[tuple[float, int, int]] = field(default_factory=list)  # (arrival, counter, width)
+
+    async def connect(self, timeout: float = 15.0) -> None:
+        pin_loopback()
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc.createDataChannel("text")
+        self.pc.addTransceiver("video", direction="recvonly")
+        self._reader: asyncio.Task[None] | None = None
+        self.pc.on("track", lambda track: setattr(self, "_reader", asyncio.ensure_future(self._read(track))))
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "webrtc_id": self.webrtc_id}
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout) as http:
+            resp = await http.post(f"/{self.stream}/webrtc/offer", json=body)
+        if resp.status_code != 200:
+            raise RuntimeError(f"offer refused: {resp.status_code} {resp.text}")
+        answer = resp.json()
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        use_marker_jitter_buffers(self.pc)
+
+    async def _read(self, track: Any) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                gray = frame.to_ndarray(format="gray")
+                self.frames.append((time.monotonic(), decode_counter(gray), frame.width))
+        except MediaStreamError:
+            return
+
+    def rate(self, since: float, until: float | None = None) -> float:
+        until = until or time.monotonic()
+        n = sum(1 for t, _, _ in self.frames if since <= t < until)
+        return n / (until - since)
+
+    async def set_input(self, **params: Any) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as http:
+            return await http.post(f"/{self.stream}/input", json={"webrtc_id": self.webrtc_id, **params})
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        await self.pc.close()

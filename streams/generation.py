@@ -1,0 +1,263 @@
+"""Server-to-client video: a generated source streamed at a rate the client changes live.
+
+Sources share one interface (`FrameSource`); the pacing lives in `streams.runtime.PacedVideoTrack`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import av
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from streams.meters import RateMeter
+from streams.runtime import HardenedStream, ReportChannel
+
+logger = logging.getLogger(__name__)
+
+COUNTER_BITS = 16
+COUNTER_BAND = 32  # rows: the frame counter as 16 black/white blocks, top and bottom
+
+
+class GenerateParams(BaseModel):
+    """Live parameters of one generation session."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fps: float | None = Field(None, ge=1, le=60, description="frames per second; None: the source's own")
+    source: Literal["pattern", "file"] = "pattern"
+    width: int = Field(640, ge=64, le=1920, multiple_of=2)
+    height: int = Field(480, ge=64, le=1080, multiple_of=2)
+
+
+class FrameSource(Protocol):
+    """Makes BGR frames on demand; called from one worker thread only."""
+
+    native_fps: float
+
+    def frame(self, index: int, width: int, height: int, target_fps: float) -> np.ndarray: ...
+    def close(self) -> None: ...
+
+
+def draw_counter(img: np.ndarray, counter: int) -> None:
+    """The counter as bits, machine-readable after lossy encoding (blocks, bit i left to right)."""
+    h, w = img.shape[:2]
+    block = w // COUNTER_BITS
+    for i in range(COUNTER_BITS):
+        value = 255 if (counter >> i) & 1 else 0
+        img[:COUNTER_BAND, i * block : (i + 1) * block] = value
+        img[h - COUNTER_BAND :, i * block : (i + 1) * block] = value
+
+
+class TestPattern:
+    """Moving colour bars with the frame counter, server time and target fps written on each frame."""
+
+    def __init__(self, native_fps: float = 30.0) -> None:
+        self.native_fps = native_fps
+        self._backgrounds: dict[tuple[int, int], np.ndarray] = {}
+
+    def _background(self, width: int, height: int) -> np.ndarray:
+        key = (width, height)
+        if key not in self._backgrounds:
+            hue = np.tile(np.linspace(0, 179, width * 2, dtype=np.uint8), (height, 1))
+            hsv = np.dstack([hue, np.full_like(hue, 160), np.full_like(hue, 200)])
+            self._backgrounds = {key: cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)}  # keep one size only
+        return self._backgrounds[key]
+
+    def frame(self, index: int, width: int, height: int, target_fps: float) -> np.ndarray:
+        offset = (index * 8) % width
+        img = np.ascontiguousarray(self._background(width, height)[:, offset : offset + width])
+        draw_counter(img, index & 0xFFFF)
+        scale = max(0.5, width / 640)
+        now = time.time()
+        stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+        for row, text in enumerate((f"frame {index}", f"server {stamp}", f"target {target_fps:g} fps")):
+            y = int(COUNTER_BAND + (row + 1.6) * 36 * scale)
+            cv2.putText(
+                img, text, (16, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), int(4 * scale), cv2.LINE_AA
+            )
+            cv2.putText(
+                img,
+                text,
+                (16, y),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                scale,
+                (255, 255, 255),
+                int(2 * scale),
+                cv2.LINE_AA,
+            )
+        return img
+
+    def close(self) -> None:
+        self._backgrounds.clear()
+
+
+class VideoFileSource:
+    """A video file read with OpenCV, looping at the end, resized to the session's size."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.capture = cv2.VideoCapture(str(path))
+        if not self.capture.isOpened():
+            raise FileNotFoundError(f"cannot open video file {path}")
+        fps = self.capture.get(cv2.CAP_PROP_FPS)
+        self.native_fps = float(fps) if 1 <= fps <= 120 else 25.0
+
+    def frame(self, index: int, width: int, height: int, target_fps: float) -> np.ndarray:
+        ok, img = self.capture.read()
+        if not ok:  # end of file: loop
+            self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, img = self.capture.read()
+            if not ok:
+                raise RuntimeError(f"{self.path.name} has no readable frames")
+        if img.shape[1] != width or img.shape[0] != height:
+            img = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+        return img
+
+    def close(self) -> None:
+        self.capture.release()
+
+
+def render_sample_clip(
+    path: Path, seconds: float = 4.0, fps: int = 24, size: tuple[int, int] = (640, 360)
+) -> Path:
+    """The project's own sample clip (Motion-JPEG AVI): a ball bouncing over a gradient."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.avi")
+    w, h = size
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    if not writer.isOpened():
+        raise RuntimeError("OpenCV cannot write Motion-JPEG video here")
+    base = cv2.cvtColor(
+        np.dstack([np.tile(np.linspace(90, 130, w, dtype=np.uint8), (h, 1)), np.full((h, w), 120, np.uint8),
+                   np.full((h, w), 90, np.uint8)]),
+        cv2.COLOR_HSV2BGR,
+    )  # fmt: skip
+    frames = int(seconds * fps)
+    for i in range(frames):
+        img = base.copy()
+        t = i / frames
+        x = int(40 + (w - 80) * abs(2 * t - 1))
+        y = int(h - 50 - (h - 100) * abs(np.sin(3 * np.pi * t)))
+        cv2.circle(img, (x, y), 36, (40, 180, 250), -1, cv2.LINE_AA)
+        cv2.putText(img, f"sample clip {i + 1}/{frames}", (14, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.7,
+                    (255, 255, 255), 2, cv2.LINE_AA)  # fmt: skip
+        writer.write(img)
+    writer.release()
+    tmp.replace(path)
+    return path
+
+
+def ensure_sample_clip(path: Path) -> Path:
+    if not path.is_file():
+        t0 = time.perf_counter()
+        render_sample_clip(path)
+        logger.info("rendered sample clip %s in %.2f s", path, time.perf_counter() - t0)
+    return path
+
+
+class GenerateSession:
+    """Per-connection state. `produce` runs in the session's worker thread, `update` on the loop."""
+
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        params: GenerateParams,
+        reports: ReportChannel,
+        sources: dict[str, Callable[[], FrameSource]],
+    ) -> None:
+        self.session_id = session_id
+        self.params = params
+        self.reports = reports
+        self.sources = sources
+        self.frames = 0
+        self.closed = False
+        self._source: FrameSource | None = None
+        self._source_name = ""
+        self._meter = RateMeter()
+        self._last_report = 0.0
+
+    @property
+    def fps(self) -> float:
+        """The live target rate, read by the pacer before every frame."""
+        if self.params.fps is not None:
+            return self.params.fps
+        return self._source.native_fps if self._source is not None else 30.0
+
+    def update(self, changes: dict[str, Any]) -> dict[str, Any]:
+        self.params = GenerateParams.model_validate(self.params.model_dump() | changes)
+        logger.info("session %s: generate params %s", self.session_id, self.params.model_dump())
+        return self.params.model_dump()
+
+    def _current_source(self) -> FrameSource:
+        name = self.params.source
+        if self._source is None or name != self._source_name:
+            if self._source is not None:
+                self._source.close()
+            self._source, self._source_name = self.sources[name](), name
+        return self._source
+
+    def produce(self, pts_s: float) -> av.VideoFrame:
+        params = self.params
+        source = self._current_source()
+        img = source.frame(self.frames, params.width, params.height, self.fps)
+        self.frames += 1
+        now = time.monotonic()
+        self._meter.tick(now)
+        if now - self._last_report >= 1.0:
+            self._last_report = now
+            self.reports.publish(
+                {
+                    "type": "generate",
+                    "fps": round(self._meter.rate(now), 2),
+                    "target_fps": self.fps,
+                    "frames": self.frames,
+                    "params": params.model_dump(),
+                }
+            )
+        return av.VideoFrame.from_ndarray(img, format="bgr24")
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.reports.close()
+            if self._source is not None:
+                self._source.close()
+
+
+def create_generate_stream(
+    *,
+    defaults: GenerateParams,
+    video_path: Path,
+    pattern_fps: float,
+    concurrency_limit: int,
+    time_limit: float | None,
+    server_rtc_configuration: dict[str, Any],
+) -> HardenedStream:
+    """The `/generate` stream: a fastrtc receive-mode video `Stream` paced by `PacedVideoTrack`."""
+    sources: dict[str, Callable[[], FrameSource]] = {
+        "pattern": lambda: TestPattern(pattern_fps),
+        "file": lambda: VideoFileSource(video_path),
+    }
+
+    def new_session(session_id: str) -> GenerateSession:
+        return GenerateSession(
+            session_id, params=defaults, reports=ReportChannel(asyncio.get_running_loop()), sources=sources
+        )
+
+    return HardenedStream(
+        session_factory=new_session,
+        modality="video",
+        mode="receive",
+        concurrency_limit=concurrency_limit,
+        time_limit=time_limit,
+        server_rtc_configuration=server_rtc_configuration,
+    )
