@@ -30,8 +30,13 @@ def machine() -> str:
     return f"{psutil.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.platform()}"
 
 
-def start_server(kind: str, handler: str, skip_frames: bool = False) -> ServerProcess:
-    env = {"BENCH_SERVER": kind, "BENCH_HANDLER": handler, "BENCH_SKIP_FRAMES": "1" if skip_frames else "0"}
+def start_server(kind: str, handler: str = "pass", skip_frames: bool = False, fps: int = 30) -> ServerProcess:
+    env = {
+        "BENCH_SERVER": kind,
+        "BENCH_HANDLER": handler,
+        "BENCH_SKIP_FRAMES": "1" if skip_frames else "0",
+        "BENCH_FPS": str(fps),
+    }
     return ServerProcess(args=["--factory", "bench.servers:app"], env=env, log_name=f"bench-{kind}").start()
 
 

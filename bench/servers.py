@@ -4,8 +4,8 @@
 - `stock`: fastrtc 0.0.34's `Stream` as shipped, with the same handler.
 - `ours`:  this project's server (`server.app.create_app`).
 
-Chosen by environment: BENCH_SERVER (raw|stock|ours), BENCH_HANDLER (pass|cartoon|detect|slow200),
-BENCH_SKIP_FRAMES (stock only). Start with `uvicorn --factory bench.servers:app`.
+Chosen by environment: BENCH_SERVER (raw|stock|stock-generate|ours), BENCH_HANDLER
+(pass|cartoon|detect|slow200), BENCH_SKIP_FRAMES (stock only), BENCH_FPS (stock-generate only). Start with `uvicorn --factory bench.servers:app`.
 """
 
 from __future__ import annotations
@@ -123,6 +123,41 @@ def stock_app(handler_name: str, skip_frames: bool) -> FastAPI:
     return app
 
 
+def stock_generate_app(fps: int) -> FastAPI:
+    """Stock fastrtc receive mode: the rate is fixed when the stream is built."""
+    from fastrtc import Stream, VideoStreamHandler
+
+    from streams.generation import TestPattern
+
+    def generate(*args: Any):
+        pattern = TestPattern(fps)
+        index = 0
+        while True:
+            yield pattern.frame(index, 640, 480, fps)
+            index += 1
+
+    stream = Stream(
+        VideoStreamHandler(generate, fps=fps),
+        modality="video",
+        mode="receive",
+        concurrency_limit=64,
+        server_rtc_configuration={"iceServers": []},
+    )
+    app = FastAPI()
+    stream.mount(app, path="/generate")
+
+    @app.post("/generate/input")
+    async def set_input(body: dict[str, Any]) -> dict[str, str]:
+        stream.set_input(body["webrtc_id"], "placeholder")  # stock starts the generator only now
+        return {"status": "ok"}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
 def ours_app(handler_name: str) -> FastAPI:
     from server.app import create_app
     from server.config import Settings
@@ -144,4 +179,6 @@ def app() -> FastAPI:
         return raw_app(handler)
     if kind == "stock":
         return stock_app(handler, os.environ.get("BENCH_SKIP_FRAMES") == "1")
+    if kind == "stock-generate":
+        return stock_generate_app(int(os.environ.get("BENCH_FPS", "30")))
     return ours_app(handler)

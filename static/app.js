@@ -1,132 +1,135 @@
-// The camera panel: speaks fastrtc's WebRTC protocol to /video (see README, "Client protocol").
+// The page: one panel per stream, each speaking fastrtc's protocol through rtc.js.
+import { connect, describeState, postInput, readError } from "./rtc.js";
+
 const $ = (id) => document.getElementById(id);
-const STREAM = "/video";
-let session = null;
 
-function setStatus(text, kind = "") {
-  const el = $("status");
-  el.textContent = text;
-  el.className = `status ${kind}`;
+function statusSetter(id) {
+  return (text, kind = "") => { const el = $(id); el.textContent = text; el.className = `status ${kind}`; };
 }
 
-// Refusals come back as {status: "failed", meta: {error}, message}: show the message as it is.
-async function readError(resp) {
-  try {
-    const body = await resp.json();
-    return body.message || body.meta?.error || `HTTP ${resp.status}`;
-  } catch {
-    return `HTTP ${resp.status}`;
-  }
+function handleServerMessage(msg, setStatus, stop) {
+  if (msg.type === "error") setStatus(`Server error: ${msg.message ?? msg.data}`, "error");
+  else if (msg.type === "warning") setStatus(`Warning: ${msg.message ?? msg.data}`);
+  else if (msg.type === "end_stream") { setStatus(`The server ended the stream: ${msg.data ?? ""}`); stop(); }
 }
 
-function waitForIceGathering(pc, timeoutMs = 5000) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => { if (pc.iceGatheringState === "complete") { pc.removeEventListener("icegatheringstatechange", done); resolve(); } };
-    pc.addEventListener("icegatheringstatechange", done);
-    setTimeout(resolve, timeoutMs); // send what we have rather than hang
-  });
+/** Start/stop wiring shared by the panels: button, status line, cleanup on any ending. */
+function panel({ button, status, startLabel, start, onStopped }) {
+  const setStatus = statusSetter(status);
+  let session = null;
+  let media = null;
+  const stop = () => {
+    session?.close();
+    media?.getTracks().forEach((t) => t.stop());
+    session = media = null;
+    $(button).textContent = startLabel;
+    $(button).classList.remove("stop");
+    $(button).disabled = false;
+    onStopped?.();
+    if (!$(status).classList.contains("error")) setStatus("Not connected.");
+  };
+  const run = async () => {
+    $(button).disabled = true;
+    setStatus("Connecting…");
+    try {
+      const result = await start({ setStatus, stop, setMedia: (m) => { media = m; } });
+      session = result;
+      $(button).textContent = "Stop";
+      $(button).classList.add("stop");
+    } catch (err) {
+      setStatus(err.message, "error");
+      stop();
+    }
+    $(button).disabled = false;
+  };
+  $(button).addEventListener("click", () => (session ? stop() : run()));
+  window.addEventListener("pagehide", stop);
+  return { get session() { return session; }, setStatus, stop };
 }
 
-function currentParams() {
-  return { filter: $("filter").value, detect: $("detect").checked, conf_threshold: Number($("threshold").value) };
+function onStateChange(setStatus, stop) {
+  return (state) => {
+    const [text, kind] = describeState(state);
+    setStatus(text, kind);
+    if (["failed", "closed", "disconnected"].includes(state)) stop();
+  };
 }
 
-async function sendParams() {
-  if (!session) return;
-  const resp = await fetch(`${STREAM}/input`, {
-    method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ webrtc_id: session.id, ...currentParams() }),
-  });
+// ---- Camera: /video ----
+const cameraParams = () => ({ filter: $("filter").value, detect: $("detect").checked, conf_threshold: Number($("threshold").value) });
+
+const camera = panel({
+  button: "connect", status: "status", startLabel: "Start camera",
+  onStopped: () => { $("local").srcObject = null; $("remote").srcObject = null; },
+  async start({ setStatus, stop, setMedia }) {
+    setStatus("Asking for the camera…");
+    let media;
+    try {
+      media = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: false });
+    } catch (err) {
+      throw new Error(`No camera: ${err.message}`);
+    }
+    setMedia(media);
+    $("local").srcObject = media;
+    setStatus("Connecting…");
+    const session = await connect("/video", {
+      setup: (pc) => media.getTracks().forEach((t) => pc.addTrack(t, media)),
+      onTrack: (ev) => { $("remote").srcObject = ev.streams[0] ?? new MediaStream([ev.track]); },
+      onMessage: (msg) => handleServerMessage(msg, setStatus, stop),
+      onState: onStateChange(setStatus, stop),
+      onReport: showCameraReport,
+    });
+    await sendCameraParams(session.id, setStatus);
+    return session;
+  },
+});
+
+async function sendCameraParams(id, setStatus) {
+  const resp = await postInput("/video", id, cameraParams());
   if (!resp.ok) setStatus(`Settings not applied: ${await readError(resp)}`, "error");
 }
 
-function showReport(report) {
+function showCameraReport(report) {
   $("stat-fps").textContent = report.fps.toFixed(1);
   $("stat-proc").textContent = `${report.processing_ms.toFixed(1)} ms`;
   $("stat-det").textContent = report.params.detect ? `${report.detection_ms.toFixed(0)} ms` : "off";
-  const list = $("detections");
-  list.replaceChildren(...report.detections.map((d) => {
+  $("detections").replaceChildren(...report.detections.map((d) => {
     const li = document.createElement("li");
     li.textContent = `${d.label} ${(d.score * 100).toFixed(0)}%`;
     return li;
   }));
 }
 
-function onServerMessage(event) {
-  let msg;
-  try { msg = JSON.parse(event.data); } catch { return; }
-  if (msg.type === "error") setStatus(`Server error: ${msg.message ?? msg.data}`, "error");
-  else if (msg.type === "warning") setStatus(`Warning: ${msg.message ?? msg.data}`);
-  else if (msg.type === "end_stream") { setStatus(`The server ended the stream: ${msg.data ?? ""}`); stop(); }
-  else if (msg.type === "send_input") sendParams();
+for (const id of ["filter", "detect", "threshold"]) {
+  $(id).addEventListener("change", () => { if (camera.session) sendCameraParams(camera.session.id, camera.setStatus); });
 }
-
-async function start() {
-  $("connect").disabled = true;
-  setStatus("Asking for the camera…");
-  const id = crypto.randomUUID();
-  let media;
-  try {
-    media = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: false });
-  } catch (err) {
-    setStatus(`No camera: ${err.message}`, "error");
-    $("connect").disabled = false;
-    return;
-  }
-  $("local").srcObject = media;
-  const config = await (await fetch("/api/rtc-config")).json();
-  const pc = new RTCPeerConnection(config);
-  session = { id, pc, media, events: null };
-  const channel = pc.createDataChannel("text"); // must exist before the offer, or no media flows
-  channel.onmessage = onServerMessage;
-  media.getTracks().forEach((t) => pc.addTrack(t, media));
-  pc.ontrack = (ev) => { $("remote").srcObject = ev.streams[0] ?? new MediaStream([ev.track]); };
-  pc.onconnectionstatechange = () => {
-    const state = pc.connectionState;
-    if (state === "connected") setStatus("Connected.", "live");
-    else if (state === "failed") { setStatus("The connection failed (network or firewall; a TURN server may be needed).", "error"); stop(); }
-    else if (state === "disconnected" || state === "closed") { if (session?.pc === pc) { setStatus("Disconnected."); stop(); } }
-  };
-  setStatus("Connecting…");
-  await pc.setLocalDescription(await pc.createOffer());
-  await waitForIceGathering(pc);
-  const resp = await fetch(`${STREAM}/webrtc/offer`, {
-    method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", webrtc_id: id }),
-  });
-  if (!resp.ok) {
-    setStatus(`The server refused the connection: ${await readError(resp)}`, "error");
-    stop();
-    return;
-  }
-  await pc.setRemoteDescription(await resp.json());
-  await sendParams();
-  const events = new EventSource(`${STREAM}/outputs?webrtc_id=${encodeURIComponent(id)}`);
-  events.onmessage = (ev) => showReport(JSON.parse(ev.data));
-  events.addEventListener("end", () => events.close());
-  session.events = events;
-  $("connect").textContent = "Stop";
-  $("connect").classList.add("stop");
-  $("connect").disabled = false;
-}
-
-function stop() {
-  if (!session) return;
-  const { pc, media, events } = session;
-  session = null;
-  events?.close();
-  media.getTracks().forEach((t) => t.stop());
-  pc.close();
-  $("local").srcObject = null;
-  $("remote").srcObject = null;
-  $("connect").textContent = "Start camera";
-  $("connect").classList.remove("stop");
-  $("connect").disabled = false;
-  if (!$("status").classList.contains("error")) setStatus("Not connected.");
-}
-
-$("connect").addEventListener("click", () => (session ? stop() : start().catch((err) => { setStatus(`Could not connect: ${err.message}`, "error"); stop(); })));
-for (const id of ["filter", "detect", "threshold"]) $(id).addEventListener("change", sendParams);
 $("threshold").addEventListener("input", () => { $("threshold-value").textContent = Number($("threshold").value).toFixed(2); });
-window.addEventListener("pagehide", stop);
+
+// ---- Generated video: /generate ----
+const generateParams = () => ({ fps: Number($("gen-fps").value), source: $("gen-source").value });
+
+const generated = panel({
+  button: "gen-connect", status: "gen-status", startLabel: "Start",
+  onStopped: () => { $("gen-video").srcObject = null; },
+  async start({ setStatus, stop }) {
+    const session = await connect("/generate", {
+      setup: (pc) => pc.addTransceiver("video", { direction: "recvonly" }),
+      onTrack: (ev) => { $("gen-video").srcObject = ev.streams[0] ?? new MediaStream([ev.track]); },
+      onMessage: (msg) => handleServerMessage(msg, setStatus, stop),
+      onState: onStateChange(setStatus, stop),
+      onReport: (r) => { $("gen-stat-fps").textContent = `${r.fps.toFixed(1)} / ${r.target_fps}`; $("gen-stat-frames").textContent = r.frames; },
+    });
+    await sendGenerateParams(session.id, setStatus);
+    return session;
+  },
+});
+
+async function sendGenerateParams(id, setStatus) {
+  const resp = await postInput("/generate", id, generateParams());
+  if (!resp.ok) setStatus(`Settings not applied: ${await readError(resp)}`, "error");
+}
+
+for (const id of ["gen-fps", "gen-source"]) {
+  $(id).addEventListener("change", () => { if (generated.session) sendGenerateParams(generated.session.id, generated.setStatus); });
+}
+$("gen-fps").addEventListener("input", () => { $("gen-fps-value").textContent = $("gen-fps").value; });

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -183,6 +184,7 @@ class GenerateSession:
         self._source: FrameSource | None = None
         self._source_name = ""
         self._meter = RateMeter()
+        self._produce_ms: deque[float] = deque(maxlen=60)
         self._last_report = 0.0
 
     @property
@@ -206,10 +208,13 @@ class GenerateSession:
         return self._source
 
     def produce(self, pts_s: float) -> av.VideoFrame:
+        t0 = time.perf_counter()
         params = self.params
         source = self._current_source()
         img = source.frame(self.frames, params.width, params.height, self.fps)
+        frame = av.VideoFrame.from_ndarray(img, format="bgr24")
         self.frames += 1
+        self._produce_ms.append((time.perf_counter() - t0) * 1000)
         now = time.monotonic()
         self._meter.tick(now)
         if now - self._last_report >= 1.0:
@@ -220,10 +225,11 @@ class GenerateSession:
                     "fps": round(self._meter.rate(now), 2),
                     "target_fps": self.fps,
                     "frames": self.frames,
+                    "produce_ms": round(sum(self._produce_ms) / len(self._produce_ms), 2),
                     "params": params.model_dump(),
                 }
             )
-        return av.VideoFrame.from_ndarray(img, format="bgr24")
+        return frame
 
     def close(self) -> None:
         if not self.closed:

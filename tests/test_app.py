@@ -55,7 +55,7 @@ def test_health_config_metrics_and_page(server):
         assert 'rt_sessions_active{stream="video",transport="webrtc"}' in metrics
         page = http.get("/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-        script = http.get("/app.js").text
+        script = http.get("/rtc.js").text
         assert "/webrtc/offer" in script and "/api/rtc-config" in script and "createDataChannel" in script
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -32,9 +33,10 @@ CHANNEL_SPREAD = """() => {
 }"""
 
 
-async def test_page_connects_camera_and_filters_live(server):
+@asynccontextmanager
+async def chromium_page(url: str, errors: list[str]):
+    """A fresh headless Chromium on `url`, collecting console errors."""
     ARTIFACTS.mkdir(exist_ok=True)
-    errors: list[str] = []
     with tempfile.TemporaryDirectory() as profile:
         async with async_playwright() as p:
             browser = await p.chromium.launch_persistent_context(
@@ -44,34 +46,57 @@ async def test_page_connects_camera_and_filters_live(server):
                 page = browser.pages[0] if browser.pages else await browser.new_page()
                 page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
                 page.on("pageerror", lambda e: errors.append(str(e)))
-                await page.goto(server.base_url + "/")
-                await page.click("#connect")
-                await page.wait_for_function(
-                    "document.getElementById('remote').videoWidth > 0", timeout=20000
-                )
-                frames = await page.evaluate(
-                    """() => new Promise((resolve) => {
-                        const v = document.getElementById('remote'); let n = 0;
-                        const tick = () => { n++; if (n < 60) v.requestVideoFrameCallback(tick); };
-                        v.requestVideoFrameCallback(tick); setTimeout(() => resolve(n), 3000);
-                    })"""
-                )
-                assert frames >= 30, f"only {frames} frames in 3 s"
-                colourful = await page.evaluate(CHANNEL_SPREAD)
-                await page.select_option("#filter", "gray")
-                await page.check("#detect")
-                await page.wait_for_function(
-                    "document.getElementById('stat-fps').textContent !== '–'", timeout=10000
-                )
-                await page.wait_for_timeout(1500)
-                gray = await page.evaluate(CHANNEL_SPREAD)
-                assert colourful > 40, f"the fake camera should be colourful (spread {colourful:.1f})"
-                assert gray < 15, f"the returned video is not gray (mean channel spread {gray:.1f})"
-                await page.screenshot(path=str(ARTIFACTS / "camera-panel.png"))
-                status = await page.text_content("#status")
-                assert "Connected" in status, status
-                await page.click("#connect")
-                assert "Not connected" in await page.text_content("#status")
+                await page.goto(url)
+                yield page
             finally:
                 await browser.close()
+
+
+COUNT_FRAMES = """(id) => new Promise((resolve) => {
+  const v = document.getElementById(id); let n = 0;
+  const tick = () => { n++; v.requestVideoFrameCallback(tick); };
+  v.requestVideoFrameCallback(tick); setTimeout(() => resolve(n), 3000);
+})"""
+
+
+async def test_page_connects_camera_and_filters_live(server):
+    errors: list[str] = []
+    async with chromium_page(server.base_url + "/", errors) as page:
+        await page.click("#connect")
+        await page.wait_for_function("document.getElementById('remote').videoWidth > 0", timeout=20000)
+        frames = await page.evaluate(COUNT_FRAMES, "remote")
+        assert frames >= 45, f"only {frames} frames in 3 s"
+        colourful = await page.evaluate(CHANNEL_SPREAD)
+        await page.select_option("#filter", "gray")
+        await page.check("#detect")
+        await page.wait_for_function("document.getElementById('stat-fps').textContent !== '–'", timeout=10000)
+        await page.wait_for_timeout(1500)
+        gray = await page.evaluate(CHANNEL_SPREAD)
+        assert colourful > 40, f"the fake camera should be colourful (spread {colourful:.1f})"
+        assert gray < 15, f"the returned video is not gray (mean channel spread {gray:.1f})"
+        await page.screenshot(path=str(ARTIFACTS / "camera-panel.png"))
+        status = await page.text_content("#status")
+        assert "Connected" in status, status
+        await page.click("#connect")
+        assert "Not connected" in await page.text_content("#status")
+    assert errors == [], errors
+
+
+async def test_page_plays_generated_video_at_the_chosen_rate(server):
+    errors: list[str] = []
+    async with chromium_page(server.base_url + "/", errors) as page:
+        await page.click("#gen-connect")
+        await page.wait_for_function("document.getElementById('gen-video').videoWidth > 0", timeout=20000)
+        assert await page.evaluate(COUNT_FRAMES, "gen-video") >= 75, "expected about 30 fps"
+        await page.fill("#gen-fps", "10")
+        await page.dispatch_event("#gen-fps", "change")
+        await page.wait_for_timeout(2000)
+        frames = await page.evaluate(COUNT_FRAMES, "gen-video")
+        assert 24 <= frames <= 36, f"{frames} frames in 3 s at 10 fps"
+        await page.wait_for_function(
+            "document.getElementById('gen-stat-fps').textContent.endsWith('/ 10')", timeout=5000
+        )
+        await page.screenshot(path=str(ARTIFACTS / "generate-panel.png"), full_page=True)
+        await page.click("#gen-connect")
+        assert "Not connected" in await page.text_content("#gen-status")
     assert errors == [], errors
