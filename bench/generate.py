@@ -3,7 +3,9 @@
 Ours runs one session and changes its rate live (10 → 15 → 30 → 60); stock fastrtc cannot change
 rate after start, so each stock rate is a fresh server. The rate is counted at the client over the
 window after a settle period; CPU is the server process's over that window (encoding included),
-and `produce_ms` × fps is the generation work beyond encoding (ours reports it).
+and `produce_ms` × fps is the generation work beyond encoding (ours reports it). The first input
+comes 2 s after connecting; `peak_fps_after_input` is the highest rate over any 0.25 s in the
+settle period after an input: a burst shows there.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import psutil
 
 from bench.common import save, start_server, table
 from tests.rtc_client import ReceiveClient
+
+LATE_INPUT_S = 2.0
 
 
 async def measure_rate(client: ReceiveClient, proc: psutil.Process, seconds: float) -> tuple[float, float]:
@@ -40,6 +44,12 @@ async def last_report(base_url: str, webrtc_id: str) -> dict:
     return {}
 
 
+def peak_rate(client: ReceiveClient, since: float, span: float = 3.0, window: float = 0.25) -> float:
+    """The highest rate over any `window` in the first `span` seconds after `since`: shows bursts."""
+    times = [t for t, _, _ in client.frames if since <= t < since + span]
+    return max((sum(1 for u in times if t <= u < t + window) / window for t in times), default=0.0)
+
+
 async def ours(rates: list[int], seconds: float, settle: float) -> list[dict]:
     server = start_server("ours")
     rows = []
@@ -47,13 +57,16 @@ async def ours(rates: list[int], seconds: float, settle: float) -> list[dict]:
         client = ReceiveClient(server.base_url)
         await client.connect()
         proc = psutil.Process(server.proc.pid)
+        await asyncio.sleep(LATE_INPUT_S)  # same late input as stock gets
         for fps in rates:
+            started = time.monotonic()
             await client.set_input(fps=fps)
             await asyncio.sleep(settle)
+            peak = peak_rate(client, started, span=settle)
             rate, cpu = await measure_rate(client, proc, seconds)
             report = await last_report(server.base_url, client.webrtc_id)
             work = report.get("produce_ms", 0) * fps / 10  # % of a core
-            rows.append(_row("ours (live changes)", fps, rate, cpu, round(work, 2)))
+            rows.append(_row("ours (live changes)", fps, rate, cpu, round(work, 2), peak))
             print(rows[-1], flush=True)
         await client.close()
     finally:
@@ -68,10 +81,13 @@ async def stock(rates: list[int], seconds: float, settle: float) -> list[dict]:
         try:
             client = ReceiveClient(server.base_url)
             await client.connect()
+            await asyncio.sleep(LATE_INPUT_S)  # stock starts its generator only on the first input
+            started = time.monotonic()
             await client.set_input()
             await asyncio.sleep(settle)
+            peak = peak_rate(client, started, span=settle)
             rate, cpu = await measure_rate(client, psutil.Process(server.proc.pid), seconds)
-            rows.append(_row("stock (fresh server per rate)", fps, rate, cpu, ""))
+            rows.append(_row("stock (fresh server per rate)", fps, rate, cpu, "", peak))
             print(rows[-1], flush=True)
             await client.close()
         finally:
@@ -79,11 +95,12 @@ async def stock(rates: list[int], seconds: float, settle: float) -> list[dict]:
     return rows
 
 
-def _row(server: str, fps: int, rate: float, cpu: float, work: float | str) -> dict:
+def _row(server: str, fps: int, rate: float, cpu: float, work: float | str, peak: float) -> dict:
     return {
         "server": server,
         "target_fps": fps,
         "delivered_fps": round(rate, 2),
+        "peak_fps_after_input": round(peak, 1),
         "error_pct": round(100 * (rate - fps) / fps, 2),
         "server_cpu_pct": round(cpu, 1),
         "generation_cpu_pct": work,

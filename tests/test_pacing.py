@@ -1,0 +1,66 @@
+"""`PacedVideoTrack` on its own: drift-free, follows rate changes at once, never bursts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import av
+import numpy as np
+
+from streams.runtime import PacedVideoTrack, ReportChannel
+
+
+class FakeSession:
+    def __init__(self, fps: float, work_s: float = 0.0) -> None:
+        self.session_id = "pace-test"
+        self.reports = ReportChannel(asyncio.get_running_loop())
+        self.fps = fps
+        self.work_s = work_s
+        self.closed = False
+
+    def produce(self, pts_s: float) -> av.VideoFrame:
+        time.sleep(self.work_s)  # runs in the track's worker thread
+        return av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="bgr24")
+
+    def update(self, changes: dict) -> dict:
+        return {}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def pull(track: PacedVideoTrack, seconds: float) -> list[tuple[float, int]]:
+    out = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        frame = await track.recv()
+        out.append((time.monotonic(), frame.pts))
+    return out
+
+
+async def test_rate_changes_apply_to_the_next_frame_without_drift():
+    session = FakeSession(fps=50)
+    track = PacedVideoTrack(session)
+    first = await pull(track, 2.0)
+    session.fps = 10
+    second = await pull(track, 2.0)
+    track.stop()
+    assert session.closed
+    assert 98 <= len(first) <= 102, len(first)
+    assert 19 <= len(second) <= 22, len(second)
+    gaps = [b - a for (_, a), (_, b) in zip(second, second[1:], strict=False)]
+    assert set(gaps) == {9000}, "pts advance by exactly 1/10 s at 10 fps (90 kHz clock)"
+
+
+async def test_a_slow_source_degrades_to_its_own_rate_without_bursts():
+    session = FakeSession(fps=60, work_s=0.05)  # can make only ~20 frames a second
+    track = PacedVideoTrack(session)
+    frames = await pull(track, 2.0)
+    session.work_s = 0.0  # the source recovers: no catch-up burst of the frames it "owed"
+    after = await pull(track, 0.5)
+    track.stop()
+    assert 15 <= len(frames) / 2.0 <= 21
+    intervals = [b - a for (a, _), (b, _) in zip(after, after[1:], strict=False)]
+    assert min(intervals) > 0.8 / 60, f"burst: frames {min(intervals) * 1000:.1f} ms apart"
+    assert track.late_restarts > 0
