@@ -117,9 +117,8 @@ def main() -> None:
     rows = asyncio.run(ours(rates, args.seconds, args.settle)) + asyncio.run(
         stock(rates, args.seconds, args.settle)
     )
-    md = table(
-        rows, ["server", "target_fps", "delivered_fps", "error_pct", "server_cpu_pct", "generation_cpu_pct"]
-    )
+    cols = ["server", "target_fps", "delivered_fps", "error_pct", "peak_fps_after_input", "server_cpu_pct"]
+    md = table(rows, [*cols, "generation_cpu_pct"])
     print(md)
     save("generate", rows, md, __doc__ or "")
 
