@@ -98,22 +98,30 @@ def raw_app(handler_name: str) -> FastAPI:
 
 
 def stock_app(handler_name: str, skip_frames: bool) -> FastAPI:
-    from fastrtc import Stream, VideoStreamHandler
+    from fastrtc import VideoStreamHandler
 
     handler = make_handler(handler_name)
+    return stock_stream_app(VideoStreamHandler(handler, skip_frames=skip_frames), "send-receive", "/video")
+
+
+def stock_stream_app(handler: Any, mode: str, path: str) -> FastAPI:
+    """A stock fastrtc `Stream` mounted as shipped, plus the input route the bench client calls."""
+    from fastrtc import Stream
+
     stream = Stream(
-        VideoStreamHandler(handler, skip_frames=skip_frames),
+        handler,
         modality="video",
-        mode="send-receive",
+        mode=mode,
         concurrency_limit=64,
         server_rtc_configuration={"iceServers": []},
     )
     app = FastAPI()
-    stream.mount(app, path="/video")
+    stream.mount(app, path=path)
 
-    @app.post("/video/input")
+    @app.post(f"{path}/input")
     async def set_input(body: dict[str, Any]) -> dict[str, str]:
-        stream.set_input(body["webrtc_id"], "placeholder")  # stock calls no handler before this
+        # stock calls no video handler, and starts no generator, before the first input
+        stream.set_input(body["webrtc_id"], "placeholder")
         return {"status": "ok"}
 
     @app.get("/healthz")
@@ -125,7 +133,7 @@ def stock_app(handler_name: str, skip_frames: bool) -> FastAPI:
 
 def stock_generate_app(fps: int) -> FastAPI:
     """Stock fastrtc receive mode: the rate is fixed when the stream is built."""
-    from fastrtc import Stream, VideoStreamHandler
+    from fastrtc import VideoStreamHandler
 
     from streams.generation import TestPattern
 
@@ -136,26 +144,7 @@ def stock_generate_app(fps: int) -> FastAPI:
             yield pattern.frame(index, 640, 480, fps)
             index += 1
 
-    stream = Stream(
-        VideoStreamHandler(generate, fps=fps),
-        modality="video",
-        mode="receive",
-        concurrency_limit=64,
-        server_rtc_configuration={"iceServers": []},
-    )
-    app = FastAPI()
-    stream.mount(app, path="/generate")
-
-    @app.post("/generate/input")
-    async def set_input(body: dict[str, Any]) -> dict[str, str]:
-        stream.set_input(body["webrtc_id"], "placeholder")  # stock starts the generator only now
-        return {"status": "ok"}
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    return app
+    return stock_stream_app(VideoStreamHandler(generate, fps=fps), "receive", "/generate")
 
 
 def ours_app(handler_name: str) -> FastAPI:
