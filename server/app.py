@@ -38,9 +38,12 @@ def create_app(
     set_dead_peer_timeout(settings.ice_dead_peer_timeout_s)
 
     # Imported here so the offline defaults above are in place before gradio loads.
+    from streams.chat import ChatParams, EchoResponder, create_chat_stream
     from streams.detection import Detector
     from streams.filters import FILTERS
     from streams.generation import GenerateParams, create_generate_stream, ensure_sample_clip
+    from streams.turns import TurnSettings
+    from streams.vad import SileroVAD
     from streams.video import VideoParams, create_video_stream
 
     detector = Detector(
@@ -80,6 +83,24 @@ def create_app(
         server_rtc_configuration=settings.server_rtc_configuration(),
     )
 
+    vad = SileroVAD()
+    vad.warmup()
+    chat = create_chat_stream(
+        vad=vad,
+        responders={"echo": EchoResponder()},
+        turn_settings=TurnSettings(
+            silence_ms=settings.chat_silence_ms,
+            min_speech_ms=settings.chat_min_speech_ms,
+            threshold=settings.chat_vad_threshold,
+            max_utterance_s=settings.chat_max_utterance_s,
+        ),
+        default_mode=ChatParams(mode=settings.chat_default_mode).mode,  # type: ignore[arg-type]
+        unavailable={"assistant": "not built yet (speech to text and text to speech are still to come)"},
+        concurrency_limit=settings.chat_concurrency_limit,
+        time_limit=settings.chat_time_limit_s,
+        server_rtc_configuration=settings.server_rtc_configuration(),
+    )
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("server ready: streams %s", ", ".join(app.state.streams))
@@ -109,6 +130,7 @@ def create_app(
 
     mount_stream(app, video, "video")
     mount_stream(app, generate, "generate")
+    mount_stream(app, chat, "chat")
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, Any]:

@@ -66,6 +66,15 @@ class Settings(BaseSettings):
         None, description="video file for source=file; None: rendered clip"
     )
 
+    # --- chat stream ---
+    chat_concurrency_limit: int = Field(8, ge=1)
+    chat_time_limit_s: float | None = Field(None, gt=0)
+    chat_default_mode: str = "echo"
+    chat_silence_ms: float = Field(400, ge=96, le=5000, description="pause that ends a turn")
+    chat_min_speech_ms: float = Field(250, ge=0, le=5000, description="shorter utterances are ignored")
+    chat_vad_threshold: float = Field(0.5, gt=0.15, lt=1.0)
+    chat_max_utterance_s: float = Field(30, ge=1, le=300)
+
     # --- detection ---
     detector_model_path: Path = DEFAULT_MODEL
     detector_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = auto")

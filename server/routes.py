@@ -72,6 +72,8 @@ def mount_stream(app: FastAPI, stream: HardenedStream, name: str) -> None:
             params = session.update(dict(body.model_extra or {}))
         except ValidationError as exc:
             return refusal(422, "invalid_input", describe_validation_error(exc))
+        except ValueError as exc:  # valid shape, but not possible here (e.g. an unavailable mode)
+            return refusal(422, "invalid_input", str(exc))
         return {"status": "ok", "params": params}
 
     @router.get("/outputs", name=f"{name}_outputs")

@@ -254,7 +254,7 @@ def create_generate_stream(
         "file": lambda: VideoFileSource(video_path),
     }
 
-    def new_session(session_id: str) -> GenerateSession:
+    def new_session(session_id: str, handler: Any) -> GenerateSession:
         return GenerateSession(
             session_id, params=defaults, reports=ReportChannel(asyncio.get_running_loop()), sources=sources
         )

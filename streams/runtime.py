@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse
 from fastrtc import Stream
 from fastrtc.tracks import ServerToClientVideo, VideoCallback
 
-from streams.jitter import use_marker_jitter_buffers
+from streams.jitter import use_low_latency_jitter_buffers
 
 logger = logging.getLogger(__name__)
 
@@ -308,15 +308,17 @@ class PacedVideoTrack(SessionTrack):
         return frame
 
 
-SessionFactory = Callable[[str], MediaSession]
+SessionFactory = Callable[[str, Any], MediaSession]  # (webrtc_id, fastrtc's per-connection handler)
 
 
 class HardenedStream(Stream):
     """A fastrtc `Stream` whose sessions run in our `SessionTrack`s and whose offers never leak.
 
-    `session_factory(webrtc_id)` builds the per-connection state (a `MediaSession`). fastrtc's own
-    tracks are swapped before media flows: send-receive video gets a `LatestFrameTrack`, receive
-    video a `PacedVideoTrack`. The `handler` given to fastrtc is only a placeholder it requires.
+    `session_factory(webrtc_id, handler)` builds the per-connection state (a `MediaSession`).
+    fastrtc's own video tracks are swapped before media flows: send-receive video gets a
+    `LatestFrameTrack`, receive video a `PacedVideoTrack`; for video the `handler` given to fastrtc
+    is only a placeholder it requires. Audio streams keep fastrtc's track around their handler
+    (a `StreamHandler`), whose per-connection copy is passed to the factory.
     """
 
     def __init__(
@@ -326,12 +328,13 @@ class HardenedStream(Stream):
         concurrency_limit: int,
         server_rtc_configuration: dict[str, Any],
         time_limit: float | None = None,
+        handler: Any = None,
         **kwargs: Any,
     ) -> None:
         if concurrency_limit is None or server_rtc_configuration is None:
             raise ValueError("concurrency_limit and server_rtc_configuration must be explicit")
         super().__init__(
-            handler=_never_called,
+            handler=handler if handler is not None else _never_called,
             concurrency_limit=concurrency_limit,
             time_limit=time_limit,
             server_rtc_configuration=server_rtc_configuration,
@@ -371,8 +374,8 @@ class HardenedStream(Stream):
 
     def _attach_session(self, webrtc_id: str) -> None:
         pc = self.pcs[webrtc_id]
-        use_marker_jitter_buffers(pc)
-        session = self.session_factory(webrtc_id)
+        use_low_latency_jitter_buffers(pc)
+        session = self.session_factory(webrtc_id, self.handlers.get(webrtc_id))
         self.sessions[webrtc_id] = session
         replaced: list[Any] = []
         for conn in self.connections.get(webrtc_id, []):

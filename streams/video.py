@@ -176,7 +176,7 @@ def create_video_stream(
     """The `/video` stream: a fastrtc send-receive video `Stream` with hardened sessions."""
     VideoParams.model_validate(defaults.model_dump(), context={"filters": filters})
 
-    def new_session(session_id: str) -> VideoSession:
+    def new_session(session_id: str, handler: Any) -> VideoSession:
         return VideoSession(
             session_id,
             params=defaults,

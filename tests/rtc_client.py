@@ -21,7 +21,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, V
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
-from streams.jitter import use_marker_jitter_buffers
+from streams.jitter import use_low_latency_jitter_buffers
 
 BITS = 16
 BAND = 32
@@ -147,7 +147,7 @@ class VideoClient:
             raise RuntimeError(f"offer refused: {resp.status_code} {answer}")
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         if self.low_latency_receive:  # like a browser: decode a frame when its last packet arrives
-            use_marker_jitter_buffers(self.pc)
+            use_low_latency_jitter_buffers(self.pc)
         return answer
 
     def _on_track(self, track: Any) -> None:
@@ -230,7 +230,7 @@ class ReceiveClient:
             raise RuntimeError(f"offer refused: {resp.status_code} {resp.text}")
         answer = resp.json()
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
-        use_marker_jitter_buffers(self.pc)
+        use_low_latency_jitter_buffers(self.pc)
 
     async def _read(self, track: Any) -> None:
         try:

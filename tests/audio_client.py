@@ -1,0 +1,149 @@
+"""A real aiortc client for the chat stream: speaks generated speech in real time, records replies."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import soundfile as sf
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+from av import AudioFrame
+
+from streams.jitter import use_low_latency_jitter_buffers
+from streams.vad import resample
+from tests.rtc_client import pin_loopback
+
+RATE = 48_000
+FRAME = 960  # 20 ms
+
+
+def speech(text: str, rate: int = RATE, words_per_minute: int = 160) -> np.ndarray:
+    """Speech made in the test with espeak-ng: float32 mono at `rate`, silence trimmed off both ends."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "s.wav"
+        subprocess.run(["espeak-ng", "-s", str(words_per_minute), "-w", str(wav), text], check=True)
+        audio, sr = sf.read(wav, dtype="float32")
+    loud = np.nonzero(np.abs(audio) > 0.01)[0]
+    audio = audio[loud[0] : loud[-1] + 1]
+    return resample(audio, sr, rate)
+
+
+class ScriptTrack(AudioStreamTrack):
+    """A microphone playing queued clips in real time (silence in between), noting when each ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: list[tuple[np.ndarray, asyncio.Future[tuple[float, float]]]] = []
+        self._current: np.ndarray | None = None
+        self._pos = 0
+        self._future: asyncio.Future[tuple[float, float]] | None = None
+        self._started: float | None = None
+        self._start: float | None = None
+        self._samples = 0
+
+    def say(self, audio: np.ndarray) -> asyncio.Future[tuple[float, float]]:
+        """Queue a clip; the future gives (monotonic time its first sample went out, time its last did)."""
+        fut: asyncio.Future[tuple[float, float]] = asyncio.get_running_loop().create_future()
+        self._queue.append((audio, fut))
+        return fut
+
+    async def recv(self) -> AudioFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        wait = self._start + self._samples / RATE - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        out = np.zeros(FRAME, np.float32)
+        filled = 0
+        while filled < FRAME:
+            if self._current is None:
+                if not self._queue:
+                    break
+                self._current, self._future = self._queue.pop(0)
+                self._pos = 0
+                self._started = time.monotonic()
+            take = min(FRAME - filled, len(self._current) - self._pos)
+            out[filled : filled + take] = self._current[self._pos : self._pos + take]
+            filled += take
+            self._pos += take
+            if self._pos >= len(self._current):
+                if self._future is not None and not self._future.done():
+                    self._future.set_result((self._started or time.monotonic(), time.monotonic()))
+                self._current = None
+        frame = AudioFrame.from_ndarray(
+            (out * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = RATE
+        frame.pts = self._samples
+        frame.time_base = fractions.Fraction(1, RATE)
+        self._samples += FRAME
+        return frame
+
+
+@dataclass
+class ChatClient:
+    base_url: str
+    webrtc_id: str = field(default_factory=lambda: f"chat-{time.monotonic_ns()}")
+    received: list[tuple[float, float]] = field(default_factory=list)  # (arrival, rms)
+    messages: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+
+    async def connect(self, timeout: float = 15.0) -> None:
+        pin_loopback()
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.channel = self.pc.createDataChannel("text")
+        self.channel.on("message", lambda m: self.messages.append((time.monotonic(), json.loads(m))))
+        self.mic = ScriptTrack()
+        self.pc.addTrack(self.mic)
+        self._reader: asyncio.Task[None] | None = None
+        self.pc.on("track", lambda track: setattr(self, "_reader", asyncio.ensure_future(self._read(track))))
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "webrtc_id": self.webrtc_id}
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout) as http:
+            resp = await http.post("/chat/webrtc/offer", json=body)
+        if resp.status_code != 200:
+            raise RuntimeError(f"offer refused: {resp.status_code} {resp.text}")
+        answer = resp.json()
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        use_low_latency_jitter_buffers(
+            self.pc
+        )  # play audio as a browser would, without aiortc's 80 ms prefetch
+        deadline = time.monotonic() + timeout
+        while self.pc.connectionState != "connected" or self.channel.readyState != "open":
+            if time.monotonic() > deadline:
+                raise TimeoutError("chat peer did not connect")
+            await asyncio.sleep(0.05)
+
+    async def _read(self, track: Any) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                pcm = frame.to_ndarray().astype(np.float32) / 32768
+                self.received.append((time.monotonic(), float(np.sqrt(np.mean(pcm**2)))))
+        except MediaStreamError:
+            return
+
+    def reply_audio(self, after: float, threshold: float = 0.01) -> list[float]:
+        """Arrival times of audible frames received after `after`."""
+        return [t for t, rms in self.received if t > after and rms > threshold]
+
+    def logs(self, what: str) -> list[float]:
+        return [t for t, m in self.messages if m.get("type") == "log" and m.get("data") == what]
+
+    async def set_input(self, **params: Any) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as http:
+            return await http.post("/chat/input", json={"webrtc_id": self.webrtc_id, **params})
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        await self.pc.close()
