@@ -114,7 +114,7 @@ def create_app(
     app.state.settings = settings
     app.state.streams = {}
     app.state.detector = detector
-    app.state.metrics = Metrics(lambda: {n: s.active_sessions for n, s in app.state.streams.items()})
+    app.state.metrics = Metrics(lambda: {n: s.sessions_by_transport() for n, s in app.state.streams.items()})
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     chat_vad_threshold: float = Field(0.5, gt=0.15, lt=1.0)
     chat_max_utterance_s: float = Field(30, ge=1, le=300)
 
+    twilio_auth_token: str | None = Field(
+        None, description="when set, phone webhooks must carry a valid signature"
+    )
+
     # --- detection ---
     detector_model_path: Path = DEFAULT_MODEL
     detector_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = auto")

@@ -14,18 +14,19 @@ disable_created_metrics()
 class SessionCollector(Collector):
     """Reads live session counts at scrape time instead of tracking them by hand."""
 
-    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, counts: Callable[[], dict[str, dict[str, int]]]) -> None:
         self.counts = counts
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         gauge = GaugeMetricFamily("rt_sessions_active", "Active sessions", labels=["stream", "transport"])
-        for stream, count in self.counts().items():
-            gauge.add_metric([stream, "webrtc"], count)
+        for stream, by_transport in self.counts().items():
+            for transport, count in by_transport.items():
+                gauge.add_metric([stream, transport], count)
         yield gauge
 
 
 class Metrics:
-    def __init__(self, session_counts: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, session_counts: Callable[[], dict[str, dict[str, int]]]) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(SessionCollector(session_counts))
         self.offers = Counter(

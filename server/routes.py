@@ -8,11 +8,13 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Query
+from fastapi import APIRouter, FastAPI, Query, WebSocket
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from server.audio_ws import serve_audio_websocket
 from server.offers import SESSION_ID_PATTERN, make_offer_route, refusal
+from server.phone import make_incoming_call_route
 from streams.runtime import HardenedStream
 
 logger = logging.getLogger(__name__)
@@ -87,5 +89,25 @@ def mount_stream(app: FastAPI, stream: HardenedStream, name: str) -> None:
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
+    if stream.modality == "audio":
+        _mount_audio_transports(router, stream, name, app.state.settings)
+
     app.include_router(router)
     app.state.streams[name] = stream
+
+
+def _mount_audio_transports(router: APIRouter, stream: HardenedStream, name: str, settings: Any) -> None:
+    """The same audio stream over WebSocket and over the phone (Twilio Media Streams)."""
+    time_limit = getattr(settings, f"{name}_time_limit_s", None)
+
+    @router.websocket("/websocket/offer")
+    async def websocket_offer(websocket: WebSocket) -> None:
+        await serve_audio_websocket(websocket, stream, phone=False, time_limit=time_limit)
+
+    @router.websocket("/telephone/handler")
+    async def telephone_handler(websocket: WebSocket) -> None:
+        await serve_audio_websocket(websocket, stream, phone=True, time_limit=time_limit)
+
+    router.post("/telephone/incoming", name=f"{name}_incoming_call")(
+        make_incoming_call_route(f"/{name}/telephone/handler", settings.twilio_auth_token)
+    )

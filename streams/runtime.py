@@ -343,15 +343,55 @@ class HardenedStream(Stream):
         self.session_factory = session_factory
         self.sessions: dict[str, MediaSession] = {}
         self.tracks: dict[str, list[SessionTrack]] = {}
+        self.transports: dict[str, str] = {}  # sessions not on WebRTC: id -> "websocket" | "phone"
 
     @property
     def active_sessions(self) -> int:
-        return len(self.pcs)
+        """Every transport counts against the one limit (stock fastrtc counts WebRTC peers only)."""
+        return len(self.pcs) + len(self.transports)
+
+    def sessions_by_transport(self) -> dict[str, int]:
+        counts = {"webrtc": len(self.pcs), "websocket": 0, "phone": 0}
+        for transport in self.transports.values():
+            counts[transport] += 1
+        return counts
+
+    def claim_slot(self, session_id: str, transport: str) -> None:
+        """Register a WebSocket or phone session; raises `OfferRejected` when the stream is full."""
+        if session_id in self.sessions or session_id in self.pcs or session_id in self.transports:
+            raise OfferRejected("connection_already_exists", _REFUSALS["connection_already_exists"])
+        if self.active_sessions >= self.concurrency_limit:
+            raise OfferRejected(
+                "concurrency_limit_reached",
+                _REFUSALS["concurrency_limit_reached"],
+                limit=self.concurrency_limit,
+            )
+        self.transports[session_id] = transport
+
+    def attach_external(self, session_id: str, handler: Any) -> MediaSession:
+        session = self.session_factory(session_id, handler)
+        self.sessions[session_id] = session
+        return session
+
+    def release_slot(self, session_id: str) -> None:
+        session = self.sessions.pop(session_id, None)
+        if session is not None:
+            session.close()
+        if self.transports.pop(session_id, None) is not None:
+            logger.info("session %s: ended", session_id)
 
     async def handle_offer(self, body: dict[str, Any], set_outputs: Any) -> dict[str, Any]:
         """fastrtc's offer handling, with failures raised as `OfferRejected` and nothing left behind."""
         webrtc_id = str(body.get("webrtc_id"))
         is_new_offer = body.get("type") == "offer" and webrtc_id not in self.pcs
+        if is_new_offer and webrtc_id in self.transports:
+            raise OfferRejected("connection_already_exists", _REFUSALS["connection_already_exists"])
+        if is_new_offer and self.active_sessions >= self.concurrency_limit:
+            raise OfferRejected(
+                "concurrency_limit_reached",
+                _REFUSALS["concurrency_limit_reached"],
+                limit=self.concurrency_limit,
+            )
         try:
             result = await super().handle_offer(body, set_outputs)
         except Exception as exc:

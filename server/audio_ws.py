@@ -1,0 +1,207 @@
+"""Audio over WebSocket: fastrtc's μ-law JSON protocol, and Twilio Media Streams for phone calls.
+
+Replaces fastrtc's `WebSocketHandler`, which does not count these sessions against the
+concurrency limit, ignores the time limit, never runs the handler's `shutdown`, resamples with
+librosa on the event loop, and answers malformed messages with an exception.
+
+Client → server: `{"event": "start", "websocket_id"}` (phone: `"start"` with top-level `streamSid`),
+`{"event": "media", "media": {"payload": base64 μ-law}}`, `{"event": "ping"}`, `{"event": "stop"}`.
+Server → client: `{"event": "media", "media": {"payload"}}` (phone: plus `streamSid`), `pong`,
+`{"event": "clear"}` when the user interrupts a reply, the handler's JSON messages
+(`{"type": "log" | "error", ...}`), and on refusal `{"event": "error", "status": "failed", "meta",
+"message"}` before a close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import re
+from typing import Any
+
+from fastapi import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from server.offers import SESSION_ID_PATTERN
+from streams.runtime import HardenedStream, OfferRejected
+from streams.telephony import BadMedia, decode_mulaw, encode_mulaw
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 128_000
+START_TIMEOUT_S = 15.0
+PHONE_RATE = 8_000
+CLOSE_PROTOCOL_ERROR = 1008  # policy violation: a message we do not accept
+CLOSE_TRY_AGAIN = 1013
+CLOSE_TOO_BIG = 1009
+
+
+class ProtocolError(Exception):
+    def __init__(self, message: str, code: int = CLOSE_PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _SocketChannel:
+    """Lets the handler's data-channel messages (logs, errors) go out on the socket."""
+
+    def __init__(self, websocket: WebSocket, loop: asyncio.AbstractEventLoop) -> None:
+        self.websocket = websocket
+        self.loop = loop
+        self.readyState = "open"
+
+    def send(self, message: str) -> None:
+        if self.readyState == "open":
+            self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._send(message)))
+
+    async def _send(self, message: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.websocket.send_text(message)
+
+
+def _parse(text: str) -> dict[str, Any]:
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise ProtocolError(f"message over {MAX_MESSAGE_CHARS} characters", CLOSE_TOO_BIG)
+    try:
+        message = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"message is not JSON ({exc.msg})") from exc
+    if not isinstance(message, dict) or not isinstance(message.get("event"), str):
+        raise ProtocolError('message must be a JSON object with an "event" string')
+    return message
+
+
+async def _refuse(websocket: WebSocket, code: str, message: str, close_code: int, **meta: Any) -> None:
+    with contextlib.suppress(Exception):
+        await websocket.send_json({"event": "error", "status": "failed", "meta": {"error": code, **meta},
+                                   "message": message})  # fmt: skip
+        await websocket.close(code=close_code, reason=message[:120])
+
+
+async def serve_audio_websocket(
+    websocket: WebSocket, stream: HardenedStream, *, phone: bool, time_limit: float | None
+) -> None:
+    """One WebSocket or phone session, from accept to a clean close that always frees the slot."""
+    await websocket.accept()
+    transport = "phone" if phone else "websocket"
+    session_id: str | None = None
+    handler: Any = None
+    emit_task: asyncio.Task[None] | None = None
+    try:
+        session_id, handler = await asyncio.wait_for(_start(websocket, stream, phone), START_TIMEOUT_S)
+        emit_task = asyncio.create_task(_emit_loop(websocket, handler, session_id, phone))
+        await asyncio.wait_for(_receive_loop(websocket, handler, phone), time_limit)
+        await _refuse(websocket, "stopped", "the client ended the session", 1000)
+    except (TimeoutError, asyncio.TimeoutError):
+        if session_id is None:
+            await _refuse(
+                websocket, "no_start", f"no start event within {START_TIMEOUT_S:.0f} s", CLOSE_PROTOCOL_ERROR
+            )
+        else:
+            logger.info("session %s: time limit of %s s reached", session_id, time_limit)
+            await _refuse(websocket, "time_limit_reached", "the session's time limit is over", 1000)
+    except ProtocolError as exc:
+        logger.info("session %s: %s protocol error: %s", session_id or "-", transport, exc)
+        await _refuse(websocket, "protocol_error", str(exc), exc.code)
+    except OfferRejected as exc:
+        logger.warning("session %s: %s refused: %s", session_id or "-", transport, exc.code)
+        await _refuse(websocket, exc.code, exc.message, CLOSE_TRY_AGAIN, **exc.meta)
+    except WebSocketDisconnect:
+        pass
+    except Exception:
+        logger.exception("session %s: %s session failed", session_id or "-", transport)
+        await _refuse(websocket, "server_error", "the session failed on the server", 1011)
+    finally:
+        if emit_task is not None:
+            emit_task.cancel()
+        if handler is not None and getattr(handler, "channel", None) is not None:
+            handler.channel.readyState = "closed"
+        if session_id is not None:
+            stream.release_slot(session_id)  # closes the handler: its shutdown always runs
+        if websocket.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await websocket.close()
+
+
+async def _start(websocket: WebSocket, stream: HardenedStream, phone: bool) -> tuple[str, Any]:
+    while True:
+        message = _parse(await websocket.receive_text())
+        event = message["event"]
+        if event in ("connected", "ping"):  # Twilio sends "connected" first
+            if event == "ping":
+                await websocket.send_json({"event": "pong"})
+            continue
+        if event == "media":
+            raise ProtocolError("media before start: send a start event first")
+        if event == "stop":
+            raise WebSocketDisconnect(1000)
+        if event != "start":
+            raise ProtocolError(f"unknown event {event!r} before start")
+        session_id = message.get("streamSid") if phone else message.get("websocket_id")
+        if not isinstance(session_id, str) or not re.fullmatch(SESSION_ID_PATTERN, session_id):
+            field = "streamSid" if phone else "websocket_id"
+            raise ProtocolError(f"start needs a {field} matching {SESSION_ID_PATTERN}")
+        stream.claim_slot(session_id, "phone" if phone else "websocket")
+        handler = stream.event_handler.copy()
+        handler.phone_mode = phone
+        handler._loop = asyncio.get_running_loop()
+        handler.set_channel(_SocketChannel(websocket, asyncio.get_running_loop()))
+        stream.attach_external(session_id, handler)
+        clear = {"event": "clear", "streamSid": session_id} if phone else {"event": "clear"}
+        handler.on_interrupt = functools.partial(_send_soon, websocket, clear)
+        await handler.start_up()
+        logger.info("session %s: %s connected (%d active)", session_id, "phone" if phone else "websocket",
+                    stream.active_sessions)  # fmt: skip
+        return session_id, handler
+
+
+def _send_soon(websocket: WebSocket, message: dict[str, Any]) -> None:
+    async def send() -> None:
+        with contextlib.suppress(Exception):
+            await websocket.send_json(message)
+
+    asyncio.ensure_future(send())
+
+
+async def _receive_loop(websocket: WebSocket, handler: Any, phone: bool) -> None:
+    rate = PHONE_RATE if phone else handler.input_sample_rate
+    while True:
+        message = _parse(await websocket.receive_text())
+        event = message["event"]
+        if event == "media":
+            media = message.get("media")
+            if not isinstance(media, dict):
+                raise ProtocolError("media event without a media object")
+            try:
+                samples = decode_mulaw(media.get("payload"))
+            except BadMedia as exc:
+                raise ProtocolError(str(exc)) from exc
+            await handler.receive((rate, samples))
+        elif event == "ping":
+            await websocket.send_json({"event": "pong"})
+        elif event == "stop":
+            return
+        elif event in ("mark", "connected", "dtmf"):
+            continue
+        else:
+            raise ProtocolError(f"unknown event {event!r}")
+
+
+async def _emit_loop(websocket: WebSocket, handler: Any, session_id: str, phone: bool) -> None:
+    """The handler paces its replies to real time, so each chunk is sent as it comes."""
+    target = PHONE_RATE if phone else handler.output_sample_rate
+    while True:
+        out = await handler.emit()
+        if out is None:
+            continue
+        rate, samples = out
+        payload: dict[str, Any] = {
+            "event": "media",
+            "media": {"payload": encode_mulaw(samples, rate, target)},
+        }
+        if phone:
+            payload["streamSid"] = session_id
+        await websocket.send_json(payload)

@@ -1,0 +1,46 @@
+"""Twilio Voice webhook: TwiML that connects the call to our Media Streams WebSocket.
+
+Stock fastrtc always answers `wss://HOST/...` (drops the port, forces TLS) and never checks the
+request came from Twilio. Here the stream URL keeps the scheme, host and port the caller used
+(behind a proxy, run uvicorn with `--proxy-headers` so they are the public ones), and when
+`TWILIO_AUTH_TOKEN` is set the `X-Twilio-Signature` header is validated.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+from twilio.request_validator import RequestValidator
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+from server.offers import refusal
+
+logger = logging.getLogger(__name__)
+
+
+def stream_url(request: Request, handler_path: str) -> str:
+    scheme = "wss" if request.url.scheme in ("https", "wss") else "ws"
+    return f"{scheme}://{request.url.netloc}{handler_path}"
+
+
+def make_incoming_call_route(handler_path: str, auth_token: str | None):  # noqa: ANN201 - FastAPI endpoint
+    validator = RequestValidator(auth_token) if auth_token else None
+
+    async def incoming_call(request: Request) -> Any:
+        form = dict(await request.form())
+        if validator is not None:
+            signature = request.headers.get("X-Twilio-Signature", "")
+            if not validator.validate(str(request.url), form, signature):
+                logger.warning("phone webhook refused: bad X-Twilio-Signature from %s", request.client)
+                return refusal(403, "bad_signature", "X-Twilio-Signature does not match this request")
+        response = VoiceResponse()
+        connect = Connect()
+        connect.stream(url=stream_url(request, handler_path))
+        response.append(connect)
+        logger.info("phone call %s from %s", form.get("CallSid", "-"), form.get("From", "-"))
+        return Response(content=str(response), media_type="application/xml")
+
+    return incoming_call
