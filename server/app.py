@@ -38,7 +38,8 @@ def create_app(
     set_dead_peer_timeout(settings.ice_dead_peer_timeout_s)
 
     # Imported here so the offline defaults above are in place before gradio loads.
-    from streams.chat import ChatParams, EchoResponder, create_chat_stream
+    from streams.assistant import BackgroundLoaded, load_assistant
+    from streams.chat import ChatParams, EchoResponder, Responder, create_chat_stream
     from streams.detection import Detector
     from streams.filters import FILTERS
     from streams.generation import GenerateParams, create_generate_stream, ensure_sample_clip
@@ -85,9 +86,24 @@ def create_app(
 
     vad = SileroVAD()
     vad.warmup()
+    responders: dict[str, Responder] = {"echo": EchoResponder()}
+    unavailable = {}
+    if settings.assistant_enabled:
+        assistant = BackgroundLoaded(
+            lambda: load_assistant(
+                llm_base_url=settings.llm_base_url,
+                llm_model=settings.llm_model,
+                llm_api_key=settings.llm_api_key,
+                system_prompt=settings.llm_system_prompt,
+                stt_threads=settings.stt_threads,
+            )
+        )
+        responders["assistant"] = assistant
+    else:
+        unavailable["assistant"] = "disabled by ASSISTANT_ENABLED=false"
     chat = create_chat_stream(
         vad=vad,
-        responders={"echo": EchoResponder()},
+        responders=responders,
         turn_settings=TurnSettings(
             silence_ms=settings.chat_silence_ms,
             min_speech_ms=settings.chat_min_speech_ms,
@@ -95,7 +111,7 @@ def create_app(
             max_utterance_s=settings.chat_max_utterance_s,
         ),
         default_mode=ChatParams(mode=settings.chat_default_mode).mode,  # type: ignore[arg-type]
-        unavailable={"assistant": "not built yet (speech to text and text to speech are still to come)"},
+        unavailable=unavailable,
         concurrency_limit=settings.chat_concurrency_limit,
         time_limit=settings.chat_time_limit_s,
         server_rtc_configuration=settings.server_rtc_configuration(),
@@ -139,6 +155,7 @@ def create_app(
             "streams": {n: s.active_sessions for n, s in app.state.streams.items()},
             "detector": {"model": detector.model_path.name, "format": detector.format,
                          "providers": detector.providers},
+            "assistant": getattr(responders.get("assistant"), "state", "disabled"),
         }  # fmt: skip
 
     @app.get("/metrics", tags=["ops"])

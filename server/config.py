@@ -75,6 +75,16 @@ class Settings(BaseSettings):
     chat_vad_threshold: float = Field(0.5, gt=0.15, lt=1.0)
     chat_max_utterance_s: float = Field(30, ge=1, le=300)
 
+    llm_base_url: str | None = Field(
+        None, description="OpenAI-compatible API, e.g. http://localhost:11434/v1"
+    )
+    llm_model: str = "gpt-4o-mini"
+    llm_api_key: str | None = None
+    llm_system_prompt: str = (
+        "You are a voice assistant. Answer in one to three short spoken sentences, without markdown."
+    )
+    assistant_enabled: bool = Field(True, description="load speech-to-text and text-to-speech at start")
+    stt_threads: int = Field(2, ge=1, le=16)
     twilio_auth_token: str | None = Field(
         None, description="when set, phone webhooks must carry a valid signature"
     )

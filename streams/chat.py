@@ -91,6 +91,7 @@ class ChatHandler(AsyncStreamHandler):
         self._turn_started = 0.0
         self._first_audio_pending = False
         self.last_turn: dict[str, Any] = {}
+        self.history: list[dict[str, str]] = []  # the assistant's conversation, this session only
 
     def copy(self) -> ChatHandler:
         return ChatHandler(
@@ -109,8 +110,11 @@ class ChatHandler(AsyncStreamHandler):
     # ---- live parameters ----
     def update(self, changes: dict[str, Any]) -> dict[str, Any]:
         params = ChatParams.model_validate(self.params.model_dump() | changes)
-        if params.mode in self.unavailable:
-            raise ValueError(f"mode {params.mode!r} is unavailable: {self.unavailable[params.mode]}")
+        reason = self.unavailable.get(params.mode) or getattr(
+            self.responders.get(params.mode), "unavailable_reason", None
+        )
+        if params.mode not in self.responders or reason:
+            raise ValueError(f"mode {params.mode!r} is unavailable: {reason or 'not configured'}")
         self.params = params
         logger.info("session %s: chat mode %s", self.session_id, params.mode)
         return params.model_dump()
