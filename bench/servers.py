@@ -4,7 +4,7 @@
 - `stock`: fastrtc 0.0.34's `Stream` as shipped, with the same handler.
 - `ours`:  this project's server (`server.app.create_app`).
 
-Chosen by environment: BENCH_SERVER (raw|stock|stock-generate|ours), BENCH_HANDLER
+Chosen by environment: BENCH_SERVER (raw|stock|stock-generate|stock-chat|ours), BENCH_HANDLER
 (pass|cartoon|detect|slow200), BENCH_SKIP_FRAMES (stock only), BENCH_FPS (stock-generate only). Start with `uvicorn --factory bench.servers:app`.
 """
 
@@ -147,6 +147,32 @@ def stock_generate_app(fps: int) -> FastAPI:
     return stock_stream_app(VideoStreamHandler(generate, fps=fps), "receive", "/generate")
 
 
+def stock_chat_app() -> FastAPI:
+    """Stock `ReplyOnPause` echo; given our offline Silero model, since its default downloads one."""
+    from fastrtc import ReplyOnPause, Stream
+
+    from streams.vad import SileroVAD
+
+    def echo(audio: tuple[int, np.ndarray]):
+        yield audio
+
+    stream = Stream(
+        ReplyOnPause(echo, model=SileroVAD()),
+        modality="audio",
+        mode="send-receive",
+        concurrency_limit=64,
+        server_rtc_configuration={"iceServers": []},
+    )
+    app = FastAPI()
+    stream.mount(app, path="/chat")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
 def ours_app(handler_name: str) -> FastAPI:
     from server.app import create_app
     from server.config import Settings
@@ -168,6 +194,8 @@ def app() -> FastAPI:
         return raw_app(handler)
     if kind == "stock":
         return stock_app(handler, os.environ.get("BENCH_SKIP_FRAMES") == "1")
+    if kind == "stock-chat":
+        return stock_chat_app()
     if kind == "stock-generate":
         return stock_generate_app(int(os.environ.get("BENCH_FPS", "30")))
     return ours_app(handler)

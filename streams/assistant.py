@@ -64,7 +64,13 @@ class WhisperSTT:
     def transcribe(self, audio16k: np.ndarray) -> str:
         with self._lock:
             segments, _ = self.model.transcribe(
-                audio16k, beam_size=1, language="en", condition_on_previous_text=False, vad_filter=False
+                audio16k,
+                beam_size=1,
+                language="en",
+                temperature=0.0,  # no fallback re-decoding at higher temperatures: bounded latency
+                without_timestamps=True,
+                condition_on_previous_text=False,
+                vad_filter=False,
             )
             return " ".join(s.text.strip() for s in segments).strip()
 

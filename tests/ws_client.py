@@ -23,12 +23,13 @@ class AudioSocketClient:
     url: str
     session_id: str = field(default_factory=lambda: f"ws-{time.monotonic_ns()}")
     phone: bool = False
+    input_rate: int | None = None  # fastrtc's protocol: the handler's input rate (ours 16 kHz)
     media: list[tuple[float, float]] = field(default_factory=list)  # (arrival, rms)
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def rate(self) -> int:
-        return 8000 if self.phone else 16000
+        return 8000 if self.phone else (self.input_rate or 16000)
 
     async def __aenter__(self) -> AudioSocketClient:
         self.ws = await websockets.connect(self.url, max_size=2**22)
