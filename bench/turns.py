@@ -85,7 +85,8 @@ async def run_turns(
             ended = await say(clip, 1.0)  # sockets: keep sending silence, as a phone does
             if await wait_for(lambda e=ended: audible(e), 8):
                 delays.append((audible(ended)[0] - ended) * 1000)
-            await asyncio.sleep(len(clip) / 48000 + 1.5)  # let the reply play out
+                # let the whole reply play out: the next turn starts after 0.7 s without reply audio
+                await wait_for(lambda e=ended: time.monotonic() - audible(e)[-1] > 0.7, 20)
             if transport != "webrtc":
                 await say(None, 0.1)
             if not stock:

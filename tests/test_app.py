@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -76,3 +77,18 @@ def test_geometric_filters_move_boxes_with_the_picture():
         out = FILTERS[name].apply(frame)
         x1, y1, x2, y2 = FILTERS[name].map_box(box, 200, 100)
         assert out[y1 : y2 + 1, x1 : x2 + 1].min() == 255, name
+
+
+def test_phone_option_fails_clearly_without_token_or_internet():
+    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+    env["HF_HOME"] = "/nonexistent-hf-home"  # no cached token either
+    out = subprocess.run([sys.executable, "-m", "server", "--phone"], env=env, capture_output=True, text=True)
+    assert out.returncode == 1 and "HF_TOKEN" in out.stderr, out.stderr[-500:]
+    try:
+        socket.getaddrinfo("api.fastrtc.org", 443)
+        return  # this machine is online: the second refusal cannot be shown here
+    except OSError:
+        pass
+    env["HF_TOKEN"] = "hf_dummy"
+    out = subprocess.run([sys.executable, "-m", "server", "--phone"], env=env, capture_output=True, text=True)
+    assert out.returncode == 1 and "needs the internet" in out.stderr, out.stderr[-500:]
