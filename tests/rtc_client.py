@@ -54,7 +54,6 @@ class Decoded:
 
 def decode_frame(gray: np.ndarray) -> Decoded:
     h, w = gray.shape[:2]
-    block = w // BITS
     a, b = MARK
     corners = {
         "upright": gray[a:b, a:b].mean(),
@@ -65,11 +64,17 @@ def decode_frame(gray: np.ndarray) -> Decoded:
     orientation = max(corners, key=corners.__getitem__)
     if corners[orientation] < 200:
         orientation = "unknown"
-    row = gray[BAND // 4 : BAND - BAND // 4]
-    bits = [row[:, i * block + block // 4 : (i + 1) * block - block // 4].mean() > 128 for i in range(BITS)]
+    bits = read_bits(gray)
     if orientation in ("mirror", "rotated"):
         bits = bits[::-1]
     return Decoded(sum(1 << i for i, bit in enumerate(bits) if bit), orientation)
+
+
+def read_bits(gray: np.ndarray) -> list[bool]:
+    """The 16 blocks of the top band, left to right, as bits (block centres only: edges blur)."""
+    block = gray.shape[1] // BITS
+    row = gray[BAND // 4 : BAND - BAND // 4]
+    return [row[:, i * block + block // 4 : (i + 1) * block - block // 4].mean() > 128 for i in range(BITS)]
 
 
 class NumberedTrack(VideoStreamTrack):
@@ -200,10 +205,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def decode_counter(gray: np.ndarray) -> int:
     """The generate stream's frame counter: 16 blocks across the top band, bit i left to right."""
-    block = gray.shape[1] // BITS
-    row = gray[BAND // 4 : BAND - BAND // 4]
-    bits = [row[:, i * block + block // 4 : (i + 1) * block - block // 4].mean() > 128 for i in range(BITS)]
-    return sum(1 << i for i, bit in enumerate(bits) if bit)
+    return sum(1 << i for i, bit in enumerate(read_bits(gray)) if bit)
 
 
 @dataclass
