@@ -133,3 +133,59 @@ for (const id of ["gen-fps", "gen-source"]) {
   $(id).addEventListener("change", () => { if (generated.session) sendGenerateParams(generated.session.id, generated.setStatus); });
 }
 $("gen-fps").addEventListener("input", () => { $("gen-fps-value").textContent = $("gen-fps").value; });
+
+// ---- Voice chat: /chat ----
+function chatLine(text, kind) {
+  const li = document.createElement("li");
+  li.textContent = text;
+  li.className = kind;
+  $("chat-log").append(li);
+  li.scrollIntoView({ block: "nearest" });
+}
+
+function setTurnState(state) {
+  $("chat-state").textContent = state;
+  $("chat-state").className = `turn-state ${state}`;
+}
+
+function showChatReport(r) {
+  if (r.type === "state") setTurnState(r.state);
+  else if (r.type === "transcript") chatLine(r.text || "(nothing heard)", "you");
+  else if (r.type === "reply") chatLine(r.text, "server");
+  else if (r.type === "turn") {
+    chatLine(`reply audio ${r.pause_to_first_audio_ms} ms after the pause was detected (${r.silence_ms} ms of silence ends a turn)`, "meta");
+  }
+  else if (r.type === "interrupted") chatLine("interrupted", "meta");
+}
+
+const chat = panel({
+  button: "chat-connect", status: "chat-status", startLabel: "Start talking",
+  onStopped: () => { $("chat-audio").srcObject = null; setTurnState("idle"); $("chat-state").textContent = "not connected"; },
+  async start({ setStatus, stop, setMedia }) {
+    setStatus("Asking for the microphone…");
+    let media;
+    try {
+      media = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true, noiseSuppression: true }, video: false });
+    } catch (err) {
+      throw new Error(`No microphone: ${err.message}`);
+    }
+    setMedia(media);
+    setStatus("Connecting…");
+    const session = await connect("/chat", {
+      setup: (pc) => media.getTracks().forEach((t) => pc.addTrack(t, media)),
+      onTrack: (ev) => { $("chat-audio").srcObject = ev.streams[0] ?? new MediaStream([ev.track]); },
+      onMessage: (msg) => handleServerMessage(msg, setStatus, stop),
+      onState: onStateChange(setStatus, stop),
+      onReport: showChatReport,
+    });
+    await sendChatParams(session.id, setStatus);
+    return session;
+  },
+});
+
+async function sendChatParams(id, setStatus) {
+  const resp = await postInput("/chat", id, { mode: $("chat-mode").value });
+  if (!resp.ok) setStatus(`Mode not changed: ${await readError(resp)}`, "error");
+}
+
+$("chat-mode").addEventListener("change", () => { if (chat.session) sendChatParams(chat.session.id, chat.setStatus); });

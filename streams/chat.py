@@ -166,7 +166,11 @@ class ChatHandler(AsyncStreamHandler):
         self._log("pause_detected")
         self._turn_started = time.monotonic()
         self._first_audio_pending = True
-        self.last_turn = {"speech_s": round(len(event.audio) / SAMPLE_RATE, 2), "forced": event.forced}
+        self.last_turn = {
+            "speech_s": round(len(event.audio) / SAMPLE_RATE, 2),
+            "forced": event.forced,
+            "silence_ms": self.turn_settings.silence_ms,
+        }
         self._set_state("thinking")
         responder = self.responders[self.params.mode]
         self._reply_task = asyncio.create_task(self._run_reply(responder, event))

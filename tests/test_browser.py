@@ -34,13 +34,13 @@ CHANNEL_SPREAD = """() => {
 
 
 @asynccontextmanager
-async def chromium_page(url: str, errors: list[str]):
+async def chromium_page(url: str, errors: list[str], extra_args: list[str] | None = None):
     """A fresh headless Chromium on `url`, collecting console errors."""
     ARTIFACTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as profile:
         async with async_playwright() as p:
             browser = await p.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS + (extra_args or [])
             )
             try:
                 page = browser.pages[0] if browser.pages else await browser.new_page()
@@ -99,4 +99,38 @@ async def test_page_plays_generated_video_at_the_chosen_rate(server):
         await page.screenshot(path=str(ARTIFACTS / "generate-panel.png"), full_page=True)
         await page.click("#gen-connect")
         assert "Not connected" in await page.text_content("#gen-status")
+    assert errors == [], errors
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+async def test_page_voice_chat_echoes_the_microphone(server, tmp_path):
+    """Chromium's fake microphone plays espeak speech (looped); the echo comes back through the page."""
+    import numpy as np
+    import soundfile as sf
+
+    from tests.audio_client import speech
+
+    clip = np.concatenate([np.zeros(24_000, np.float32), speech("Hello there, how are you today?"),
+                           np.zeros(96_000, np.float32)])  # fmt: skip
+    wav = tmp_path / "mic.wav"
+    sf.write(wav, clip, 48_000, subtype="PCM_16")
+    errors: list[str] = []
+    async with chromium_page(
+        server.base_url + "/", errors, [f"--use-file-for-fake-audio-capture={wav}"]
+    ) as page:
+        await page.click("#chat-connect")
+        await page.wait_for_function(
+            "document.getElementById('chat-state').textContent === 'speaking'", timeout=20000
+        )
+        await page.wait_for_function(
+            "[...document.querySelectorAll('#chat-log li.meta')].some(li => li.textContent.includes('after the pause was detected'))",
+            timeout=5000,
+        )
+        has_audio = await page.evaluate(
+            "document.getElementById('chat-audio').srcObject.getAudioTracks().length"
+        )
+        assert has_audio == 1
+        await page.screenshot(path=str(ARTIFACTS / "chat-panel.png"), full_page=True)
+        await page.click("#chat-connect")
+        assert "Not connected" in await page.text_content("#chat-status")
     assert errors == [], errors
