@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     video_default_detect: bool = False
     video_default_conf_threshold: float = Field(0.35, ge=0.0, le=1.0)
     video_report_hz: float = Field(5.0, gt=0, le=30)
+    video_min_bitrate_kbps: int = Field(
+        500, ge=30, le=20_000, description="Chrome's sending floor (answer SDP)"
+    )
+    video_max_bitrate_kbps: int = Field(2500, ge=30, le=50_000)
 
     # --- generate stream ---
     generate_concurrency_limit: int = Field(8, ge=1)

@@ -10,6 +10,7 @@ from aiortc.sdp import SessionDescription
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.bitrate import apply_bitrate_bounds
 from streams.runtime import HardenedStream, OfferRejected
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,10 @@ def check_offer_sdp(sdp: str | None, modality: str, mode: str) -> str | None:
 
 
 def make_offer_route(
-    stream: HardenedStream, name: str, count_outcome: Callable[[str], None] = lambda outcome: None
+    stream: HardenedStream,
+    name: str,
+    count_outcome: Callable[[str], None] = lambda outcome: None,
+    bitrate_kbps: tuple[int, int] | None = None,
 ):  # noqa: ANN201 - FastAPI endpoint
     async def offer(body: OfferBody) -> Any:
         if body.type == "offer":
@@ -100,6 +104,8 @@ def make_offer_route(
                 logger.warning("session %s: %s limit reached (%s)", body.webrtc_id, name, exc.meta)
             return refusal(STATUS_BY_CODE.get(exc.code, 400), exc.code, exc.message, **exc.meta)
         count_outcome("accepted" if body.type == "offer" else "candidate")
+        if bitrate_kbps is not None and isinstance(answer, dict) and "sdp" in answer:
+            answer = {**answer, "sdp": apply_bitrate_bounds(answer["sdp"], *bitrate_kbps)}
         return answer
 
     offer.__name__ = f"{name}_offer"

@@ -63,7 +63,17 @@ def mount_stream(app: FastAPI, stream: HardenedStream, name: str) -> None:
     """Mount `/{name}/webrtc/offer`, `/{name}/input` and `/{name}/outputs` for one stream."""
     router = APIRouter(prefix=f"/{name}", tags=[name])
     offers = app.state.metrics.offers
-    router.post("/webrtc/offer")(make_offer_route(stream, name, lambda o: offers.labels(name, o).inc()))
+    settings = app.state.settings
+    browser_sends_video = stream.modality in ("video", "audio-video") and stream.mode in (
+        "send-receive",
+        "send",
+    )
+    bitrate = (
+        (settings.video_min_bitrate_kbps, settings.video_max_bitrate_kbps) if browser_sends_video else None
+    )
+    router.post("/webrtc/offer")(
+        make_offer_route(stream, name, lambda o: offers.labels(name, o).inc(), bitrate_kbps=bitrate)
+    )
 
     @router.post("/input", name=f"{name}_input")
     async def set_input(body: InputBody) -> Any:

@@ -57,6 +57,7 @@ export async function connect(stream, { setup, onTrack, onMessage, onState, onRe
     events.onmessage = (ev) => onReport?.(JSON.parse(ev.data));
     events.addEventListener("end", () => events.close());
     events.onerror = () => { if (pc.connectionState === "closed") events.close(); };
+    (window.rtcPeers ??= {})[stream] = pc; // for getStats() from the console (and the tests)
   } catch (err) {
     close();
     throw err;

@@ -92,3 +92,31 @@ def test_phone_option_fails_clearly_without_token_or_internet():
     env["HF_TOKEN"] = "hf_dummy"
     out = subprocess.run([sys.executable, "-m", "server", "--phone"], env=env, capture_output=True, text=True)
     assert out.returncode == 1 and "needs the internet" in out.stderr, out.stderr[-500:]
+
+
+def test_bitrate_bounds_are_added_to_every_video_codec_in_the_answer():
+    from server.bitrate import apply_bitrate_bounds
+
+    sdp = (
+        "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 97 98 99\r\na=rtpmap:97 VP8/90000\r\na=rtpmap:98 rtx/90000\r\n"
+        "a=fmtp:98 apt=97\r\na=rtpmap:99 H264/90000\r\na=fmtp:99 packetization-mode=1;x-google-min-bitrate=9\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10\r\n"
+    )
+    out = apply_bitrate_bounds(sdp, 500, 2500).split("\r\n")
+    bounds = "x-google-min-bitrate=500;x-google-start-bitrate=1000;x-google-max-bitrate=2500"
+    assert f"a=fmtp:97 {bounds}" in out  # VP8 had no fmtp line: added right after its rtpmap
+    assert out.index(f"a=fmtp:97 {bounds}") == out.index("a=rtpmap:97 VP8/90000") + 1
+    assert f"a=fmtp:99 packetization-mode=1;{bounds}" in out  # an old value is replaced, not doubled
+    assert "a=fmtp:98 apt=97" in out and "a=fmtp:111 minptime=10" in out  # rtx and audio untouched
+
+
+async def test_video_answers_carry_the_bitrate_floor(server):
+    from tests.rtc_client import VideoClient
+
+    client = VideoClient(server.base_url)
+    answer = await client.connect()
+    try:
+        assert "x-google-min-bitrate=500" in answer["sdp"]
+        await client.wait_frames(5)  # and aiortc clients still accept it
+    finally:
+        await client.close()
