@@ -101,6 +101,10 @@ def create_app(
         responders["assistant"] = assistant
     else:
         unavailable["assistant"] = "disabled by ASSISTANT_ENABLED=false"
+    if settings.chat_default_mode in unavailable:
+        raise ValueError(
+            f"CHAT_DEFAULT_MODE={settings.chat_default_mode} but {unavailable[settings.chat_default_mode]}"
+        )
     chat = create_chat_stream(
         vad=vad,
         responders=responders,
