@@ -4,7 +4,7 @@
 - `stock`: fastrtc 0.0.34's `Stream` as shipped, with the same handler.
 - `ours`:  this project's server (`server.app.create_app`).
 
-Chosen by environment: BENCH_SERVER (raw|stock|stock-generate|stock-chat|ours), BENCH_HANDLER
+Chosen by environment: BENCH_SERVER (raw|raw-audio-sink|stock|stock-generate|stock-chat|ours), BENCH_HANDLER
 (pass|cartoon|detect|slow200), BENCH_SKIP_FRAMES (stock only), BENCH_FPS (stock-generate only). Start with `uvicorn --factory bench.servers:app`.
 """
 
@@ -147,6 +147,36 @@ def stock_generate_app(fps: int) -> FastAPI:
     return stock_stream_app(VideoStreamHandler(generate, fps=fps), "receive", "/generate")
 
 
+def raw_audio_sink_app() -> FastAPI:
+    """The floor for an idle voice session: aiortc receiving and decoding Opus into a black hole."""
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.contrib.media import MediaBlackhole
+
+    app = FastAPI()
+    pcs: set[RTCPeerConnection] = set()
+
+    @app.post("/chat/webrtc/offer")
+    async def offer(body: dict[str, Any]) -> dict[str, str]:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pcs.add(pc)
+        sink = MediaBlackhole()
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            sink.addTrack(track)
+
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        await sink.start()
+        return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
 def stock_chat_app() -> FastAPI:
     """Stock `ReplyOnPause` echo; given our offline Silero model, since its default downloads one."""
     from fastrtc import ReplyOnPause, Stream
@@ -194,6 +224,8 @@ def app() -> FastAPI:
         return raw_app(handler)
     if kind == "stock":
         return stock_app(handler, os.environ.get("BENCH_SKIP_FRAMES") == "1")
+    if kind == "raw-audio-sink":
+        return raw_audio_sink_app()
     if kind == "stock-chat":
         return stock_chat_app()
     if kind == "stock-generate":

@@ -147,6 +147,11 @@ async def main_async(n: int) -> tuple[list[dict], dict]:
         extra["ours_barge_in_stop_ms"] = [await barge_in(ours) for _ in range(3)]
     finally:
         ours.stop()
+    sink = start_server("raw-audio-sink")
+    try:
+        extra["raw_aiortc_audio_sink_idle_cpu_pct"] = await idle_cpu(sink)
+    finally:
+        sink.stop()
     stock = start_server("stock-chat")
     try:
         for transport in ("webrtc", "websocket"):
