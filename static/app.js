@@ -55,31 +55,40 @@ function onStateChange(setStatus, stop) {
   };
 }
 
+/** A session that sends the user's camera or microphone: ask for the device, then connect. */
+async function sendingSession(stream, constraints, device, { setStatus, stop, setMedia }, { onMedia, onTrack, onReport }) {
+  setStatus(`Asking for the ${device}…`);
+  let media;
+  try {
+    media = await navigator.mediaDevices.getUserMedia(constraints);
+  } catch (err) {
+    throw new Error(`No ${device}: ${err.message}`);
+  }
+  setMedia(media);
+  onMedia?.(media);
+  setStatus("Connecting…");
+  return connect(stream, {
+    setup: (pc) => media.getTracks().forEach((t) => pc.addTrack(t, media)),
+    onTrack,
+    onMessage: (msg) => handleServerMessage(msg, setStatus, stop),
+    onState: onStateChange(setStatus, stop),
+    onReport,
+  });
+}
+
 // ---- Camera: /video ----
 const cameraParams = () => ({ filter: $("filter").value, detect: $("detect").checked, conf_threshold: Number($("threshold").value) });
 
 const camera = panel({
   button: "connect", status: "status", startLabel: "Start camera",
   onStopped: () => { $("local").srcObject = null; $("remote").srcObject = null; },
-  async start({ setStatus, stop, setMedia }) {
-    setStatus("Asking for the camera…");
-    let media;
-    try {
-      media = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: false });
-    } catch (err) {
-      throw new Error(`No camera: ${err.message}`);
-    }
-    setMedia(media);
-    $("local").srcObject = media;
-    setStatus("Connecting…");
-    const session = await connect("/video", {
-      setup: (pc) => media.getTracks().forEach((t) => pc.addTrack(t, media)),
+  async start(ctx) {
+    const session = await sendingSession("/video", { video: { width: 640, height: 480 }, audio: false }, "camera", ctx, {
+      onMedia: (media) => { $("local").srcObject = media; },
       onTrack: (ev) => { $("remote").srcObject = ev.streams[0] ?? new MediaStream([ev.track]); },
-      onMessage: (msg) => handleServerMessage(msg, setStatus, stop),
-      onState: onStateChange(setStatus, stop),
       onReport: showCameraReport,
     });
-    await sendCameraParams(session.id, setStatus);
+    await sendCameraParams(session.id, ctx.setStatus);
     return session;
   },
 });
@@ -161,24 +170,13 @@ function showChatReport(r) {
 const chat = panel({
   button: "chat-connect", status: "chat-status", startLabel: "Start talking",
   onStopped: () => { $("chat-audio").srcObject = null; setTurnState("idle"); $("chat-state").textContent = "not connected"; },
-  async start({ setStatus, stop, setMedia }) {
-    setStatus("Asking for the microphone…");
-    let media;
-    try {
-      media = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true, noiseSuppression: true }, video: false });
-    } catch (err) {
-      throw new Error(`No microphone: ${err.message}`);
-    }
-    setMedia(media);
-    setStatus("Connecting…");
-    const session = await connect("/chat", {
-      setup: (pc) => media.getTracks().forEach((t) => pc.addTrack(t, media)),
+  async start(ctx) {
+    const constraints = { audio: { echoCancellation: true, noiseSuppression: true }, video: false };
+    const session = await sendingSession("/chat", constraints, "microphone", ctx, {
       onTrack: (ev) => { $("chat-audio").srcObject = ev.streams[0] ?? new MediaStream([ev.track]); },
-      onMessage: (msg) => handleServerMessage(msg, setStatus, stop),
-      onState: onStateChange(setStatus, stop),
       onReport: showChatReport,
     });
-    await sendChatParams(session.id, setStatus);
+    await sendChatParams(session.id, ctx.setStatus);
     return session;
   },
 });
