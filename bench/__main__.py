@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from bench import generate, slow, turns, video
+from bench import detection, generate, slow, turns, video
 
 
 def main() -> None:
-    for module in (video, slow, generate, turns):
+    for module in (detection, video, slow, generate, turns):
         print(f"\n=== {module.__name__} ===", flush=True)
         sys.argv = [module.__name__]
         module.main()
