@@ -21,7 +21,7 @@ from server.ice import pin_host_addresses, set_dead_peer_timeout
 from server.limits import BodySizeLimit
 from server.metrics import Metrics
 from server.offers import refusal
-from server.routes import mount_stream
+from server.routes import describe_errors, mount_stream
 
 logger = logging.getLogger(__name__)
 
@@ -139,14 +139,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in exc.errors():
-            if err.get("type") == "json_invalid":
-                parts.append("the body is not valid JSON")
-                continue
-            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
-            parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else err.get("msg", "invalid"))
-        return refusal(422, "invalid_request", "; ".join(parts) or "invalid request")
+        return refusal(422, "invalid_request", describe_errors(list(exc.errors())))
 
     mount_stream(app, video, "video")
     mount_stream(app, generate, "generate")

@@ -30,13 +30,17 @@ class InputBody(BaseModel):
     webrtc_id: str = Field(pattern=SESSION_ID_PATTERN)
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def describe_errors(errors: list[Any]) -> str:
+    """Pydantic errors as one line for people: `field: problem; field: problem`."""
     parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            parts.append("the body is not valid JSON")
+            continue
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts)
+    return "; ".join(parts) or "invalid request"
 
 
 def unknown_session(webrtc_id: str, name: str) -> Any:
@@ -83,7 +87,7 @@ def mount_stream(app: FastAPI, stream: HardenedStream, name: str) -> None:
         try:
             params = session.update(dict(body.model_extra or {}))
         except ValidationError as exc:
-            return refusal(422, "invalid_input", describe_validation_error(exc))
+            return refusal(422, "invalid_input", describe_errors(exc.errors()))
         except ValueError as exc:  # valid shape, but not possible here (e.g. an unavailable mode)
             return refusal(422, "invalid_input", str(exc))
         return {"status": "ok", "params": params}

@@ -135,7 +135,6 @@ class SessionTrack(MediaStreamTrack):
         self.session = session
         self.frames_out = 0
         self.errors = 0
-        self.on_error: Callable[[str], None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"video-{session.session_id[:12]}")
         self._channel: Any = None
         self._loop = asyncio.get_running_loop()
@@ -162,8 +161,7 @@ class SessionTrack(MediaStreamTrack):
             logger.error(
                 "session %s: handler error #%d: %s", self.session.session_id, self.errors, exc, exc_info=exc
             )
-            if self.on_error is not None:
-                self.on_error(f"{what} failed ({type(exc).__name__}: {exc})")
+            self.send_message({"type": "error", "message": f"{what} failed ({type(exc).__name__}: {exc})"})
 
     def send_message(self, message: dict[str, Any]) -> None:
         """Thread-safe and best effort: the data channel may be absent or closed."""
@@ -356,8 +354,8 @@ class HardenedStream(Stream):
             counts[transport] += 1
         return counts
 
-    def claim_slot(self, session_id: str, transport: str) -> None:
-        """Register a WebSocket or phone session; raises `OfferRejected` when the stream is full."""
+    def check_room_for(self, session_id: str) -> None:
+        """Raise `OfferRejected` if the id is taken or the stream is full, on any transport."""
         if session_id in self.sessions or session_id in self.pcs or session_id in self.transports:
             raise OfferRejected("connection_already_exists", _REFUSALS["connection_already_exists"])
         if self.active_sessions >= self.concurrency_limit:
@@ -366,6 +364,10 @@ class HardenedStream(Stream):
                 _REFUSALS["concurrency_limit_reached"],
                 limit=self.concurrency_limit,
             )
+
+    def claim_slot(self, session_id: str, transport: str) -> None:
+        """Register a WebSocket or phone session; raises `OfferRejected` when there is no room."""
+        self.check_room_for(session_id)
         self.transports[session_id] = transport
 
     def attach_external(self, session_id: str, handler: Any) -> MediaSession:
@@ -384,14 +386,8 @@ class HardenedStream(Stream):
         """fastrtc's offer handling, with failures raised as `OfferRejected` and nothing left behind."""
         webrtc_id = str(body.get("webrtc_id"))
         is_new_offer = body.get("type") == "offer" and webrtc_id not in self.pcs
-        if is_new_offer and webrtc_id in self.transports:
-            raise OfferRejected("connection_already_exists", _REFUSALS["connection_already_exists"])
-        if is_new_offer and self.active_sessions >= self.concurrency_limit:
-            raise OfferRejected(
-                "concurrency_limit_reached",
-                _REFUSALS["concurrency_limit_reached"],
-                limit=self.concurrency_limit,
-            )
+        if is_new_offer:
+            self.check_room_for(webrtc_id)
         try:
             result = await super().handle_offer(body, set_outputs)
         except Exception as exc:
@@ -427,7 +423,6 @@ class HardenedStream(Stream):
             else:
                 replaced.append(conn)
                 continue
-            track.on_error = track_error_reporter(track)
             for sender in pc.getSenders():
                 if sender.track is conn:
                     sender.replaceTrack(track)
@@ -474,9 +469,5 @@ _REFUSALS = {
 }
 
 
-def track_error_reporter(track: SessionTrack) -> Callable[[str], None]:
-    return lambda msg: track.send_message({"type": "error", "message": msg})
-
-
 def _never_called(frame: Any) -> Any:
-    raise RuntimeError("HardenedStream routes frames to LatestFrameTrack; the fastrtc handler is unused")
+    raise RuntimeError("HardenedStream routes video frames to its own tracks; the fastrtc handler is unused")
