@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -15,13 +16,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from server.access import Access, OriginGuard, credential_of
 from server.config import REPO_ROOT, SAMPLE_CLIP, Settings
 from server.env import apply_offline_defaults
 from server.ice import pin_host_addresses, set_dead_peer_timeout
-from server.limits import BodySizeLimit
+from server.limits import BodySizeLimit, RateLimiter
 from server.metrics import Metrics
 from server.offers import refusal
-from server.routes import describe_errors, mount_stream
+from server.routes import SessionGuard, denied_response, describe_errors, mount_stream
+from server.shutdown import Drain
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ def create_app(
     from streams.detection import Detector
     from streams.filters import FILTERS
     from streams.generation import GenerateParams, create_generate_stream, ensure_sample_clip
+    from streams.runtime import SessionBudget
     from streams.turns import TurnSettings
     from streams.vad import SileroVAD
     from streams.video import VideoParams, create_video_stream
@@ -121,12 +125,27 @@ def create_app(
         server_rtc_configuration=settings.server_rtc_configuration(),
     )
 
+    budget = SessionBudget(max_sessions=settings.max_sessions, max_pending=settings.max_pending_offers)
+    for stream in (video, generate, chat):
+        stream.join(budget, pending_timeout_s=settings.pending_offer_timeout_s)
+
+    async def close_all_sessions() -> None:
+        await asyncio.gather(*(s.close_all("server_shutdown") for s in budget.streams))
+
+    def start_draining() -> None:
+        budget.draining = True
+
+    drain = Drain(start_draining, close_all_sessions, settings.shutdown_grace_s)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        logger.info("server ready: streams %s", ", ".join(app.state.streams))
+        drain.install()
+        logger.info(
+            "server ready: instance %s, streams %s, access token %s",
+            settings.instance_id, ", ".join(app.state.streams), "required" if access.required else "off",
+        )  # fmt: skip
         yield
-        for stream in app.state.streams.values():
-            await stream.close_all()
+        await drain.finish()
         detect_executor.shutdown(wait=False, cancel_futures=True)
         logger.info("server stopped")
 
@@ -134,33 +153,70 @@ def create_app(
     app.state.settings = settings
     app.state.streams = {}
     app.state.detector = detector
-    app.state.metrics = Metrics(lambda: {n: s.sessions_by_transport() for n, s in app.state.streams.items()})
+    app.state.budget = budget
+    app.state.metrics = Metrics(lambda: app.state.streams)
+    access = Access(settings.instance_id, settings.auth_token, settings.session_token_ttl_s)
+    app.state.access = access
+    guard = SessionGuard(
+        access,
+        RateLimiter(settings.offer_rate_per_minute, settings.offer_rate_burst),
+        app.state.metrics.count_refusal,
+    )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(OriginGuard, allowed=settings.allowed_origins)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return refusal(422, "invalid_request", describe_errors(list(exc.errors())))
 
-    mount_stream(app, video, "video")
-    mount_stream(app, generate, "generate")
-    mount_stream(app, chat, "chat")
+    mount_stream(app, video, "video", guard)
+    mount_stream(app, generate, "generate", guard)
+    mount_stream(app, chat, "chat", guard)
+
+    def credential(request: Request) -> str | None:
+        return credential_of(request.headers, request.query_params)
+
+    @app.post("/api/session", tags=["access"])
+    async def new_session(request: Request) -> Any:
+        """A server-issued session id (naming this process) and, with AUTH_TOKEN set, its token."""
+        denied = access.check_master(credential(request))
+        if denied is not None:
+            return denied_response(denied)
+        return access.issue()
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, Any]:
         return {
             "status": "ok",
+            "instance": settings.instance_id,
             "streams": {n: s.active_sessions for n, s in app.state.streams.items()},
             "detector": {"model": detector.model_path.name, "format": detector.format,
                          "providers": detector.providers},
             "assistant": getattr(responders.get("assistant"), "state", "disabled"),
         }  # fmt: skip
 
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> Any:
+        """Ready for traffic: not draining, and no model still loading (a load balancer waits)."""
+        loading = [n for n, r in responders.items() if getattr(r, "state", "ready") == "loading"]
+        if budget.draining:
+            return refusal(503, "shutting_down", "the server is shutting down")
+        if loading:
+            return refusal(503, "loading", f"still loading models: {', '.join(loading)}")
+        return {"status": "ready"}
+
     @app.get("/metrics", tags=["ops"])
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        denied = access.check_master(credential(request))
+        if denied is not None:
+            return denied_response(denied)
         return Response(app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/api/rtc-config", tags=["ice"])
-    async def rtc_config() -> dict[str, Any]:
+    async def rtc_config(request: Request) -> Any:
+        denied = access.check_any(credential(request))
+        if denied is not None:
+            return denied_response(denied)
         return settings.client_rtc_configuration()
 
     if Path(STATIC_DIR).is_dir():

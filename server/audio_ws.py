@@ -20,11 +20,13 @@ import functools
 import json
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
+from server.access import Denied
 from server.offers import SESSION_ID_PATTERN
 from streams.runtime import HardenedStream, OfferRejected
 from streams.telephony import BadMedia, decode_mulaw, encode_mulaw
@@ -39,10 +41,17 @@ CLOSE_TRY_AGAIN = 1013
 CLOSE_TOO_BIG = 1009
 
 
+CLOSE_SERVICE_RESTART = 1012
+
+# `start` message -> a refusal or None: the transport's access check (token, owner, rate limit).
+Gate = Callable[[str, dict[str, Any]], "Denied | None"]
+
+
 class ProtocolError(Exception):
-    def __init__(self, message: str, code: int = CLOSE_PROTOCOL_ERROR) -> None:
+    def __init__(self, message: str, code: int = CLOSE_PROTOCOL_ERROR, error: str = "protocol_error") -> None:
         super().__init__(message)
         self.code = code
+        self.error = error
 
 
 class _SocketChannel:
@@ -82,30 +91,48 @@ async def _refuse(websocket: WebSocket, code: str, message: str, close_code: int
 
 
 async def serve_audio_websocket(
-    websocket: WebSocket, stream: HardenedStream, *, phone: bool, time_limit: float | None
+    websocket: WebSocket, stream: HardenedStream, *, phone: bool, gate: Gate
 ) -> None:
-    """One WebSocket or phone session, from accept to a clean close that always frees the slot."""
+    """One WebSocket or phone session, from accept to a clean close that always frees the slot.
+
+    The stream may end the session itself (time limit, shutdown) through the `close` it is given.
+    """
     await websocket.accept()
     transport = "phone" if phone else "websocket"
     session_id: str | None = None
     handler: Any = None
     emit_task: asyncio.Task[None] | None = None
+    receive_task: asyncio.Task[None] | None = None
+    ended_by_server: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
+    end_reason = "client_left"
+
+    async def close(reason: str, message: str) -> None:
+        if not ended_by_server.done():
+            ended_by_server.set_result((reason, message))
+
     try:
-        session_id, handler = await asyncio.wait_for(_start(websocket, stream, phone), START_TIMEOUT_S)
+        session_id, handler = await asyncio.wait_for(
+            _start(websocket, stream, phone, gate, close), START_TIMEOUT_S
+        )
         emit_task = asyncio.create_task(_emit_loop(websocket, handler, session_id, phone))
-        await asyncio.wait_for(_receive_loop(websocket, handler, phone), time_limit)
-        await _refuse(websocket, "stopped", "the client ended the session", 1000)
-    except (TimeoutError, asyncio.TimeoutError):
-        if session_id is None:
-            await _refuse(
-                websocket, "no_start", f"no start event within {START_TIMEOUT_S:.0f} s", CLOSE_PROTOCOL_ERROR
-            )
+        receive_task = asyncio.create_task(_receive_loop(websocket, handler, phone))
+        await asyncio.wait({receive_task, ended_by_server}, return_when=asyncio.FIRST_COMPLETED)
+        if ended_by_server.done():
+            end_reason, message = ended_by_server.result()
+            logger.info("session %s: %s session ended by the server (%s)", session_id, transport, end_reason)
+            code = CLOSE_SERVICE_RESTART if end_reason == "server_shutdown" else 1000
+            await _refuse(websocket, end_reason, message, code)
         else:
-            logger.info("session %s: time limit of %s s reached", session_id, time_limit)
-            await _refuse(websocket, "time_limit_reached", "the session's time limit is over", 1000)
+            receive_task.result()  # raises what ended it: protocol error, disconnect
+            await _refuse(websocket, "stopped", "the client ended the session", 1000)
+    except (TimeoutError, asyncio.TimeoutError):
+        await _refuse(
+            websocket, "no_start", f"no start event within {START_TIMEOUT_S:.0f} s", CLOSE_PROTOCOL_ERROR
+        )
     except ProtocolError as exc:
-        logger.info("session %s: %s protocol error: %s", session_id or "-", transport, exc)
-        await _refuse(websocket, "protocol_error", str(exc), exc.code)
+        logger.info("session %s: %s %s: %s", session_id or "-", transport, exc.error, exc)
+        end_reason = exc.error
+        await _refuse(websocket, exc.error, str(exc), exc.code)
     except OfferRejected as exc:
         logger.warning("session %s: %s refused: %s", session_id or "-", transport, exc.code)
         await _refuse(websocket, exc.code, exc.message, CLOSE_TRY_AGAIN, **exc.meta)
@@ -115,18 +142,25 @@ async def serve_audio_websocket(
         logger.exception("session %s: %s session failed", session_id or "-", transport)
         await _refuse(websocket, "server_error", "the session failed on the server", 1011)
     finally:
-        if emit_task is not None:
-            emit_task.cancel()
+        for task in (emit_task, receive_task):
+            if task is not None:
+                task.cancel()
         if handler is not None and getattr(handler, "channel", None) is not None:
             handler.channel.readyState = "closed"
         if session_id is not None:
-            stream.release_slot(session_id)  # closes the handler: its shutdown always runs
+            stream.release_slot(session_id, end_reason)  # closes the handler: its shutdown always runs
         if websocket.application_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
                 await websocket.close()
 
 
-async def _start(websocket: WebSocket, stream: HardenedStream, phone: bool) -> tuple[str, Any]:
+async def _start(
+    websocket: WebSocket,
+    stream: HardenedStream,
+    phone: bool,
+    gate: Gate,
+    close: Callable[[str, str], Any],
+) -> tuple[str, Any]:
     while True:
         message = _parse(await websocket.receive_text())
         event = message["event"]
@@ -144,12 +178,15 @@ async def _start(websocket: WebSocket, stream: HardenedStream, phone: bool) -> t
         if not isinstance(session_id, str) or not re.fullmatch(SESSION_ID_PATTERN, session_id):
             field = "streamSid" if phone else "websocket_id"
             raise ProtocolError(f"start needs a {field} matching {SESSION_ID_PATTERN}")
+        denied = gate(session_id, message)
+        if denied is not None:
+            raise ProtocolError(denied.message, CLOSE_PROTOCOL_ERROR, denied.code)
         stream.claim_slot(session_id, "phone" if phone else "websocket")
         handler = stream.event_handler.copy()
         handler.phone_mode = phone
         handler._loop = asyncio.get_running_loop()
         handler.set_channel(_SocketChannel(websocket, asyncio.get_running_loop()))
-        stream.attach_external(session_id, handler)
+        stream.attach_external(session_id, handler, close)
         clear = {"event": "clear", "streamSid": session_id} if phone else {"event": "clear"}
         handler.on_interrupt = functools.partial(_send_soon, websocket, clear)
         await handler.start_up()

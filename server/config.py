@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -49,6 +50,24 @@ class Settings(BaseSettings):
     video_concurrency_limit: int = Field(8, ge=1)
     video_time_limit_s: float | None = Field(None, gt=0)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
+    max_sessions: int | None = Field(None, ge=1, description="all streams and transports together")
+    max_pending_offers: int = Field(32, ge=1, description="answered offers whose peer has not connected")
+    pending_offer_timeout_s: float = Field(20.0, ge=2, le=300, description="then the offer is dropped")
+    offer_rate_per_minute: float = Field(30.0, gt=0, description="new sessions per client address")
+    offer_rate_burst: int = Field(10, ge=1)
+    shutdown_grace_s: float = Field(5.0, ge=0, le=120, description="SIGTERM: time to tell clients and close")
+
+    # --- access ---
+    instance_id: str = Field(
+        default_factory=lambda: secrets.token_hex(3),
+        pattern=r"^[a-z0-9-]{1,32}$",
+        description="names this process in the session ids it issues (a proxy routes by it)",
+    )
+    auth_token: str | None = Field(None, min_length=8, description="when set, every session route needs it")
+    session_token_ttl_s: float = Field(3600.0, ge=30, le=86_400)
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated browser origins; empty: any"
+    )
 
     # --- video stream ---
     video_default_filter: str = "none"
@@ -99,7 +118,7 @@ class Settings(BaseSettings):
     detector_use_gpu: bool = True
     detector_iou_threshold: float = Field(0.5, gt=0.0, le=1.0)
 
-    @field_validator("ice_host_addresses", mode="before")
+    @field_validator("ice_host_addresses", "allowed_origins", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -1,8 +1,9 @@
-"""Request body size limit, enforced before a handler reads the body (also for chunked uploads)."""
+"""Request limits enforced before any handler runs: body size, and new sessions per client."""
 
 from __future__ import annotations
 
 import json
+import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -74,3 +75,34 @@ class BodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class RateLimiter:
+    """Per-client token bucket for new sessions: `burst` at once, then `per_minute` steadily.
+
+    Keys are client addresses; behind a proxy run uvicorn with `--proxy-headers` so they are the
+    real ones. Old buckets are dropped so a flood of addresses cannot grow memory without bound.
+    """
+
+    def __init__(self, per_minute: float, burst: int, max_clients: int = 10_000) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self.max_clients = max_clients
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last update)
+
+    def acquire(self, key: str) -> float:
+        """0.0 if allowed (and counted), else the seconds until the next attempt may pass."""
+        now = time.monotonic()
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1.0:
+            self._store(key, tokens - 1.0, now)
+            return 0.0
+        self._store(key, tokens, now)
+        return (1.0 - tokens) / self.rate if self.rate > 0 else 60.0
+
+    def _store(self, key: str, tokens: float, now: float) -> None:
+        self._buckets.pop(key, None)
+        self._buckets[key] = (tokens, now)
+        if len(self._buckets) > self.max_clients:  # oldest-touched first (dicts keep insertion order)
+            del self._buckets[next(iter(self._buckets))]

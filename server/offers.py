@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from aiortc.sdp import SessionDescription
+from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,6 +29,9 @@ STATUS_BY_CODE = {
     "connection_already_exists": 409,
     "connection_closed": 409,
     "concurrency_limit_reached": 503,
+    "server_limit_reached": 503,
+    "too_many_pending_offers": 503,
+    "shutting_down": 503,
     "session_failed": 503,
 }
 
@@ -79,13 +84,26 @@ def check_offer_sdp(sdp: str | None, modality: str, mode: str) -> str | None:
     return None
 
 
+# (request, body) -> a refusal, or None to go on: access, owner and rate-limit checks (server.routes).
+Admission = Callable[[Request, OfferBody], Awaitable[JSONResponse | None]]
+
+
+async def admit_all(request: Request, body: OfferBody) -> JSONResponse | None:
+    return None
+
+
 def make_offer_route(
     stream: HardenedStream,
     name: str,
     count_outcome: Callable[[str], None] = lambda outcome: None,
     bitrate_kbps: tuple[int, int] | None = None,
+    admit: Admission = admit_all,
 ):  # noqa: ANN201 - FastAPI endpoint
-    async def offer(body: OfferBody) -> Any:
+    async def offer(body: OfferBody, request: Request) -> Any:
+        refused = await admit(request, body)
+        if refused is not None:
+            count_outcome(json.loads(bytes(refused.body))["meta"]["error"])
+            return refused
         if body.type == "offer":
             problem = check_offer_sdp(body.sdp, stream.modality, stream.mode)
             if problem:
@@ -100,7 +118,7 @@ def make_offer_route(
             )
         except OfferRejected as exc:
             count_outcome(exc.code)
-            if exc.code == "concurrency_limit_reached":
+            if exc.code.endswith(("_limit_reached", "pending_offers")):
                 logger.warning("session %s: %s limit reached (%s)", body.webrtc_id, name, exc.meta)
             return refusal(STATUS_BY_CODE.get(exc.code, 400), exc.code, exc.message, **exc.meta)
         count_outcome("accepted" if body.type == "offer" else "candidate")

@@ -9,6 +9,7 @@ request came from Twilio. Here the stream URL keeps the scheme, host and port th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request
@@ -26,7 +27,10 @@ def stream_url(request: Request, handler_path: str) -> str:
     return f"{scheme}://{request.url.netloc}{handler_path}"
 
 
-def make_incoming_call_route(handler_path: str, auth_token: str | None):  # noqa: ANN201 - FastAPI endpoint
+def make_incoming_call_route(
+    handler_path: str, auth_token: str | None, stream_token: Callable[[], str] | None = None
+):  # noqa: ANN201 - FastAPI endpoint
+    """`stream_token`, when access tokens are on, makes the token Twilio passes back in `start`."""
     validator = RequestValidator(auth_token) if auth_token else None
 
     async def incoming_call(request: Request) -> Any:
@@ -38,7 +42,9 @@ def make_incoming_call_route(handler_path: str, auth_token: str | None):  # noqa
                 return refusal(403, "bad_signature", "X-Twilio-Signature does not match this request")
         response = VoiceResponse()
         connect = Connect()
-        connect.stream(url=stream_url(request, handler_path))
+        stream = connect.stream(url=stream_url(request, handler_path))
+        if stream_token is not None:
+            stream.parameter(name="token", value=stream_token())
         response.append(connect)
         logger.info("phone call %s from %s", form.get("CallSid", "-"), form.get("From", "-"))
         return Response(content=str(response), media_type="application/xml")

@@ -8,12 +8,15 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Query, WebSocket
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, FastAPI, Query, Request, WebSocket
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import HTTPConnection
 
-from server.audio_ws import serve_audio_websocket
-from server.offers import SESSION_ID_PATTERN, make_offer_route, refusal
+from server.access import PHONE_SUBJECT, Access, Denied, credential_of
+from server.audio_ws import Gate, serve_audio_websocket
+from server.limits import RateLimiter
+from server.offers import SESSION_ID_PATTERN, OfferBody, make_offer_route, refusal
 from server.phone import make_incoming_call_route
 from streams.runtime import HardenedStream
 
@@ -43,6 +46,51 @@ def describe_errors(errors: list[Any]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def denied_response(denied: Denied, **headers: str) -> JSONResponse:
+    response = refusal(denied.status, denied.code, denied.message)
+    response.headers.update(headers)
+    return response
+
+
+def client_key(conn: HTTPConnection) -> str:
+    return conn.client.host if conn.client else "unknown"
+
+
+class SessionGuard:
+    """Every check a request about one session passes before it reaches the stream, in one place:
+    the id in the query string matches the body, the id belongs to this process, the caller holds
+    a credential for it, and new sessions stay within the caller's rate."""
+
+    def __init__(self, access: Access, limiter: RateLimiter, count_refusal: Any) -> None:
+        self.access = access
+        self.limiter = limiter
+        self.count_refusal = count_refusal  # (stream, transport, reason) -> None
+
+    def check(
+        self, conn: HTTPConnection, webrtc_id: str, *, new_session: bool, stream: str, transport: str,
+        credential: str | None = None,
+    ) -> Denied | None:  # fmt: skip
+        query_id = conn.query_params.get("webrtc_id")
+        denied: Denied | None = None
+        if query_id is not None and query_id != webrtc_id:
+            denied = Denied(
+                400, "invalid_request", "the webrtc_id in the query string differs from the body's"
+            )
+        if denied is None:
+            credential = credential or credential_of(conn.headers, conn.query_params)
+            denied = self.access.check_session(webrtc_id, credential)
+        if denied is None and new_session:
+            wait = self.limiter.acquire(client_key(conn))
+            if wait > 0:
+                denied = Denied(
+                    429, "rate_limited", f"too many new sessions from this address; retry in {wait:.0f} s"
+                )
+        if denied is not None:
+            self.count_refusal(stream, transport, denied.code)
+            logger.warning("session %s: %s %s refused: %s", webrtc_id, stream, transport, denied.code)
+        return denied
+
+
 def unknown_session(webrtc_id: str, name: str) -> Any:
     return refusal(404, "unknown_connection", f"no active {name} session with webrtc_id {webrtc_id!r}")
 
@@ -63,11 +111,17 @@ async def sse_events(reports: AsyncIterator[dict[str, Any]]) -> AsyncIterator[st
         yield f"data: {json.dumps(report)}\n\n"
 
 
-def mount_stream(app: FastAPI, stream: HardenedStream, name: str) -> None:
+def mount_stream(app: FastAPI, stream: HardenedStream, name: str, guard: SessionGuard) -> None:
     """Mount `/{name}/webrtc/offer`, `/{name}/input` and `/{name}/outputs` for one stream."""
     router = APIRouter(prefix=f"/{name}", tags=[name])
     offers = app.state.metrics.offers
     settings = app.state.settings
+
+    async def admit(request: Request, body: OfferBody) -> JSONResponse | None:
+        new = body.type == "offer" and body.webrtc_id not in stream.pcs
+        denied = guard.check(request, body.webrtc_id, new_session=new, stream=name, transport="webrtc")
+        return None if denied is None else denied_response(denied)
+
     browser_sends_video = stream.modality in ("video", "audio-video") and stream.mode in (
         "send-receive",
         "send",
@@ -75,12 +129,18 @@ def mount_stream(app: FastAPI, stream: HardenedStream, name: str) -> None:
     bitrate = (
         (settings.video_min_bitrate_kbps, settings.video_max_bitrate_kbps) if browser_sends_video else None
     )
+    stream.observer = app.state.metrics.observer(name)
     router.post("/webrtc/offer")(
-        make_offer_route(stream, name, lambda o: offers.labels(name, o).inc(), bitrate_kbps=bitrate)
+        make_offer_route(
+            stream, name, lambda o: offers.labels(name, o).inc(), bitrate_kbps=bitrate, admit=admit
+        )
     )
 
     @router.post("/input", name=f"{name}_input")
-    async def set_input(body: InputBody) -> Any:
+    async def set_input(body: InputBody, request: Request) -> Any:
+        denied = guard.check(request, body.webrtc_id, new_session=False, stream=name, transport="http")
+        if denied is not None:
+            return denied_response(denied)
         session = stream.sessions.get(body.webrtc_id)
         if session is None:
             return unknown_session(body.webrtc_id, name)
@@ -93,7 +153,10 @@ def mount_stream(app: FastAPI, stream: HardenedStream, name: str) -> None:
         return {"status": "ok", "params": params}
 
     @router.get("/outputs", name=f"{name}_outputs")
-    async def outputs(webrtc_id: str = Query(pattern=SESSION_ID_PATTERN)) -> Any:
+    async def outputs(request: Request, webrtc_id: str = Query(pattern=SESSION_ID_PATTERN)) -> Any:
+        denied = guard.check(request, webrtc_id, new_session=False, stream=name, transport="http")
+        if denied is not None:
+            return denied_response(denied)
         session = stream.sessions.get(webrtc_id)
         if session is None:
             return unknown_session(webrtc_id, name)
@@ -104,24 +167,43 @@ def mount_stream(app: FastAPI, stream: HardenedStream, name: str) -> None:
         )
 
     if stream.modality == "audio":
-        _mount_audio_transports(router, stream, name, app.state.settings)
+        _mount_audio_transports(router, stream, name, app.state.settings, guard)
 
     app.include_router(router)
     app.state.streams[name] = stream
 
 
-def _mount_audio_transports(router: APIRouter, stream: HardenedStream, name: str, settings: Any) -> None:
+def _mount_audio_transports(
+    router: APIRouter, stream: HardenedStream, name: str, settings: Any, guard: SessionGuard
+) -> None:
     """The same audio stream over WebSocket and over the phone (Twilio Media Streams)."""
-    time_limit = getattr(settings, f"{name}_time_limit_s", None)
+
+    def websocket_gate(websocket: WebSocket) -> Gate:
+        return lambda session_id, start: guard.check(
+            websocket, session_id, new_session=True, stream=name, transport="websocket"
+        )
+
+    def phone_gate(session_id: str, start: dict[str, Any]) -> Denied | None:
+        # Twilio cannot send headers: our TwiML hands it a token as a <Parameter> of the stream.
+        params = (start.get("start") or {}).get("customParameters") or {}
+        denied = guard.access.check_phone(params.get("token") if isinstance(params, dict) else None)
+        if denied is not None:
+            guard.count_refusal(name, "phone", denied.code)
+        return denied
 
     @router.websocket("/websocket/offer")
     async def websocket_offer(websocket: WebSocket) -> None:
-        await serve_audio_websocket(websocket, stream, phone=False, time_limit=time_limit)
+        await serve_audio_websocket(websocket, stream, phone=False, gate=websocket_gate(websocket))
 
     @router.websocket("/telephone/handler")
     async def telephone_handler(websocket: WebSocket) -> None:
-        await serve_audio_websocket(websocket, stream, phone=True, time_limit=time_limit)
+        await serve_audio_websocket(websocket, stream, phone=True, gate=phone_gate)
 
+    access = guard.access
     router.post("/telephone/incoming", name=f"{name}_incoming_call")(
-        make_incoming_call_route(f"/{name}/telephone/handler", settings.twilio_auth_token)
+        make_incoming_call_route(
+            f"/{name}/telephone/handler",
+            settings.twilio_auth_token,
+            stream_token=(lambda: access.sign(PHONE_SUBJECT, ttl_s=60)) if access.required else None,
+        )
     )

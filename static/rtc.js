@@ -1,4 +1,32 @@
 // fastrtc's WebRTC protocol, shared by every panel (see README, "Client protocol").
+import { accessToken, askForToken } from "./access.js";
+
+const sessionTokens = new Map(); // webrtc_id -> session token (when the server requires one)
+
+function authHeaders(token) {
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+// Each request names its session in the query string too: a proxy in front of several server
+// processes routes on it (docs/deploy.md).
+function sessionUrl(path, id) {
+  const token = sessionTokens.get(id);
+  return `${path}?webrtc_id=${encodeURIComponent(id)}${token ? `&token=${encodeURIComponent(token)}` : ""}`;
+}
+
+/** A server-issued session id (it names the server process that will own the session). */
+async function newSession() {
+  const resp = await fetch("/api/session", { method: "POST", headers: authHeaders(accessToken()) });
+  if (resp.status === 401) {
+    const reason = await readError(resp);
+    askForToken(reason);
+    throw new Error(`This server needs an access token: enter it above, then try again. (${reason})`);
+  }
+  if (!resp.ok) throw new Error(`The server refused a new session: ${await readError(resp)}`);
+  const session = await resp.json();
+  if (session.token) sessionTokens.set(session.webrtc_id, session.token);
+  return session.webrtc_id;
+}
 
 // Refusals come back as {status: "failed", meta: {error}, message}: show the message as it is.
 export async function readError(resp) {
@@ -22,7 +50,7 @@ function waitForIceGathering(pc, timeoutMs = 5000) {
 }
 
 export async function postInput(stream, id, params) {
-  return fetch(`${stream}/input`, {
+  return fetch(sessionUrl(`${stream}/input`, id), {
     method: "POST", headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ webrtc_id: id, ...params }),
   });
@@ -34,11 +62,13 @@ export async function postInput(stream, id, params) {
  * onReport(report) for /outputs events. Returns {id, pc, close()} or throws Error(message).
  */
 export async function connect(stream, { setup, onTrack, onMessage, onState, onReport }) {
-  const id = crypto.randomUUID();
-  const config = await (await fetch("/api/rtc-config")).json();
+  const id = await newSession();
+  const configResp = await fetch(sessionUrl("/api/rtc-config", id));
+  if (!configResp.ok) throw new Error(`Could not get the ICE configuration: ${await readError(configResp)}`);
+  const config = await configResp.json();
   const pc = new RTCPeerConnection(config);
   let events = null;
-  const close = () => { events?.close(); pc.close(); };
+  const close = () => { events?.close(); pc.close(); sessionTokens.delete(id); };
   try {
     const channel = pc.createDataChannel("text"); // must exist before the offer, or no media flows
     channel.onmessage = (ev) => { try { onMessage?.(JSON.parse(ev.data)); } catch { /* not JSON */ } };
@@ -47,13 +77,13 @@ export async function connect(stream, { setup, onTrack, onMessage, onState, onRe
     pc.onconnectionstatechange = () => onState?.(pc.connectionState);
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIceGathering(pc);
-    const resp = await fetch(`${stream}/webrtc/offer`, {
+    const resp = await fetch(sessionUrl(`${stream}/webrtc/offer`, id), {
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", webrtc_id: id }),
     });
     if (!resp.ok) throw new Error(`The server refused the connection: ${await readError(resp)}`);
     await pc.setRemoteDescription(await resp.json());
-    events = new EventSource(`${stream}/outputs?webrtc_id=${encodeURIComponent(id)}`);
+    events = new EventSource(sessionUrl(`${stream}/outputs`, id));
     events.onmessage = (ev) => onReport?.(JSON.parse(ev.data));
     events.addEventListener("end", () => events.close());
     events.onerror = () => { if (pc.connectionState === "closed") events.close(); };

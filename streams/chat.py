@@ -186,6 +186,7 @@ class ChatHandler(AsyncStreamHandler):
             logger.exception("session %s: reply failed", self.session_id)
             message = f"the reply failed ({type(exc).__name__}: {exc})"
             await self.send_message(json.dumps({"type": "error", "message": message}))
+            self._publish({"type": "error", "message": message})
             self._set_state("listening")
 
     # ---- audio out ----

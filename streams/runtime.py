@@ -12,6 +12,10 @@ Measured problems of stock fastrtc 0.0.34 (see README, "What we fix in fastrtc")
 - `concurrency_limit=None` means 1, STUN by default  -> `HardenedStream` requires explicit values
 - additional outputs queue without bound             -> `ReportChannel` keeps a bounded backlog
 - aiortc holds each received frame one frame interval -> `streams.jitter.MarkerJitterBuffer`
+- WebSocket and phone sessions are not counted      -> `HardenedStream.claim_slot`, one limit for all
+- no server-wide limit, no cap on unconnected offers -> `SessionBudget`
+- an offer that never connects holds its slot        -> `HardenedStream` ends it after `pending_timeout_s`
+- `time_limit` closes the peer silently, WebRTC only -> `HardenedStream.end_session(reason)` tells the client
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, cast
 
@@ -48,6 +52,50 @@ class OfferRejected(Exception):
         self.meta = meta
 
 
+class StreamObserver:
+    """Hooks a server attaches for its metrics; the default does nothing (streams know no Prometheus)."""
+
+    def frame_received(self) -> None: ...
+    def frame_dropped(self) -> None: ...
+    def frame_sent(self, processing_s: float, latency_s: float | None) -> None: ...
+    def handler_error(self) -> None: ...
+    def report(self, report: dict[str, Any]) -> None: ...
+    def session_ended(self, transport: str, reason: str) -> None: ...
+    def session_refused(self, transport: str, reason: str) -> None: ...
+
+
+class SessionBudget:
+    """Limits shared by every stream of one server: total sessions on all transports, offers that
+    have not connected yet, and a drain switch for shutdown. Streams without a budget get their own."""
+
+    def __init__(self, max_sessions: int | None = None, max_pending: int | None = None) -> None:
+        self.max_sessions = max_sessions
+        self.max_pending = max_pending
+        self.streams: list[HardenedStream] = []
+        self.draining = False
+
+    @property
+    def active_sessions(self) -> int:
+        return sum(s.active_sessions for s in self.streams)
+
+    @property
+    def pending_offers(self) -> int:
+        return sum(len(s.pending) for s in self.streams)
+
+    def check(self, *, webrtc: bool) -> None:
+        """Raise `OfferRejected` when the server as a whole cannot take one more session."""
+        if self.draining:
+            raise OfferRejected("shutting_down", _REFUSALS["shutting_down"])
+        if self.max_sessions is not None and self.active_sessions >= self.max_sessions:
+            raise OfferRejected(
+                "server_limit_reached", _REFUSALS["server_limit_reached"], limit=self.max_sessions
+            )
+        if webrtc and self.max_pending is not None and self.pending_offers >= self.max_pending:
+            raise OfferRejected(
+                "too_many_pending_offers", _REFUSALS["too_many_pending_offers"], limit=self.max_pending
+            )
+
+
 class ReportChannel:
     """Per-session reports for any number of listeners, each with a bounded backlog (oldest dropped).
 
@@ -61,6 +109,7 @@ class ReportChannel:
         self._listeners: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self.last: dict[str, Any] | None = None
         self.closed = False
+        self.tap: Callable[[dict[str, Any]], None] | None = None  # sees every report, on the loop
 
     def publish(self, report: dict[str, Any]) -> None:
         """Thread-safe: may be called from worker threads."""
@@ -71,6 +120,8 @@ class ReportChannel:
     def _deliver(self, report: dict[str, Any] | None) -> None:
         if report is not None:
             self.last = report
+            if self.tap is not None:
+                self.tap(report)
         for queue in self._listeners:
             if queue.full():
                 queue.get_nowait()
@@ -138,6 +189,7 @@ class SessionTrack(MediaStreamTrack):
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"video-{session.session_id[:12]}")
         self._channel: Any = None
         self._loop = asyncio.get_running_loop()
+        self.observer = StreamObserver()
 
     # fastrtc calls these on every connection object it holds.
     def set_channel(self, channel: Any) -> None:
@@ -157,6 +209,7 @@ class SessionTrack(MediaStreamTrack):
 
     def _report_error(self, exc: Exception, what: str) -> None:
         self.errors += 1
+        self.observer.handler_error()
         if self.errors == 1 or self.errors % 100 == 0:
             logger.error(
                 "session %s: handler error #%d: %s", self.session.session_id, self.errors, exc, exc_info=exc
@@ -198,6 +251,7 @@ class LatestFrameTrack(SessionTrack):
         self.frames_in = 0
         self.frames_dropped = 0
         self._latest: av.VideoFrame | None = None
+        self._latest_at = 0.0
         self._fresh = asyncio.Event()
         self._source_ended = False
         self._pump_task: asyncio.Task[None] | None = None
@@ -207,9 +261,11 @@ class LatestFrameTrack(SessionTrack):
             while True:
                 frame = await self.source.recv()
                 self.frames_in += 1
+                self.observer.frame_received()
                 if self._latest is not None:
                     self.frames_dropped += 1
-                self._latest = frame
+                    self.observer.frame_dropped()
+                self._latest, self._latest_at = frame, time.monotonic()
                 self._fresh.set()
         except MediaStreamError:
             pass
@@ -236,8 +292,11 @@ class LatestFrameTrack(SessionTrack):
             self._fresh.clear()
             await self._fresh.wait()
         frame, self._latest = self._latest, None
+        received_at, started = self._latest_at, time.monotonic()
         out = await self._in_worker(self._process, frame)
         self.frames_out += 1
+        done = time.monotonic()
+        self.observer.frame_sent(done - started, done - received_at)
         return out
 
     def _process(self, frame: av.VideoFrame) -> av.VideoFrame:
@@ -289,8 +348,10 @@ class PacedVideoTrack(SessionTrack):
             delay = self._deadline - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+        started = time.monotonic()
         frame = await self._in_worker(self._produce, self._deadline - self._t0)
         self.frames_out += 1
+        self.observer.frame_sent(time.monotonic() - started, None)
         return frame
 
     def _produce(self, pts_s: float) -> av.VideoFrame:
@@ -327,6 +388,8 @@ class HardenedStream(Stream):
         server_rtc_configuration: dict[str, Any],
         time_limit: float | None = None,
         handler: Any = None,
+        budget: SessionBudget | None = None,
+        pending_timeout_s: float = 20.0,
         **kwargs: Any,
     ) -> None:
         if concurrency_limit is None or server_rtc_configuration is None:
@@ -334,14 +397,29 @@ class HardenedStream(Stream):
         super().__init__(
             handler=handler if handler is not None else _never_called,
             concurrency_limit=concurrency_limit,
-            time_limit=time_limit,
+            time_limit=None,  # ours: `_start_timers` tells the client why it ended (stock closes silently)
             server_rtc_configuration=server_rtc_configuration,
             **kwargs,
         )
         self.session_factory = session_factory
+        self.session_time_limit = time_limit
+        self.pending_timeout_s = pending_timeout_s
+        self.budget = budget or SessionBudget()
+        self.budget.streams.append(self)
+        self.observer = StreamObserver()
         self.sessions: dict[str, MediaSession] = {}
         self.tracks: dict[str, list[SessionTrack]] = {}
         self.transports: dict[str, str] = {}  # sessions not on WebRTC: id -> "websocket" | "phone"
+        self.pending: dict[str, asyncio.TimerHandle] = {}  # offers answered, peer not connected yet
+        self._closers: dict[str, Callable[[str, str], Awaitable[None]]] = {}  # non-WebRTC sessions
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    def join(self, budget: SessionBudget, *, pending_timeout_s: float) -> None:
+        """Share `budget` (server-wide limits) with the server's other streams."""
+        self.budget.streams.remove(self)
+        self.budget = budget
+        budget.streams.append(self)
+        self.pending_timeout_s = pending_timeout_s
 
     @property
     def active_sessions(self) -> int:
@@ -354,10 +432,18 @@ class HardenedStream(Stream):
             counts[transport] += 1
         return counts
 
-    def check_room_for(self, session_id: str) -> None:
-        """Raise `OfferRejected` if the id is taken or the stream is full, on any transport."""
+    def check_room_for(self, session_id: str, *, transport: str = "webrtc") -> None:
+        """Raise `OfferRejected` if the id is taken, or this stream or the server is full."""
+        try:
+            self._check_room_for(session_id, webrtc=transport == "webrtc")
+        except OfferRejected as exc:
+            self.observer.session_refused(transport, exc.code)
+            raise
+
+    def _check_room_for(self, session_id: str, *, webrtc: bool) -> None:
         if session_id in self.sessions or session_id in self.pcs or session_id in self.transports:
             raise OfferRejected("connection_already_exists", _REFUSALS["connection_already_exists"])
+        self.budget.check(webrtc=webrtc)
         if self.active_sessions >= self.concurrency_limit:
             raise OfferRejected(
                 "concurrency_limit_reached",
@@ -367,20 +453,54 @@ class HardenedStream(Stream):
 
     def claim_slot(self, session_id: str, transport: str) -> None:
         """Register a WebSocket or phone session; raises `OfferRejected` when there is no room."""
-        self.check_room_for(session_id)
+        self.check_room_for(session_id, transport=transport)
         self.transports[session_id] = transport
 
-    def attach_external(self, session_id: str, handler: Any) -> MediaSession:
-        session = self.session_factory(session_id, handler)
-        self.sessions[session_id] = session
+    def attach_external(
+        self, session_id: str, handler: Any, close: Callable[[str, str], Awaitable[None]]
+    ) -> MediaSession:
+        """A WebSocket or phone session; `close(reason, message)` makes its transport hang up."""
+        session = self._register(session_id, handler)
+        self._closers[session_id] = close
+        self._start_timers(session_id, pending=False)
         return session
 
-    def release_slot(self, session_id: str) -> None:
+    def release_slot(self, session_id: str, reason: str = "client_left") -> None:
+        """The transport is gone: free everything (called by the transport itself, always)."""
+        self._cancel_timers(session_id)
+        self._closers.pop(session_id, None)
         session = self.sessions.pop(session_id, None)
         if session is not None:
             session.close()
-        if self.transports.pop(session_id, None) is not None:
-            logger.info("session %s: ended", session_id)
+        transport = self.transports.pop(session_id, None)
+        if transport is not None:
+            self.observer.session_ended(transport, reason)
+            logger.info("session %s: %s session ended (%s)", session_id, transport, reason)
+
+    def _register(self, session_id: str, handler: Any) -> MediaSession:
+        session = self.session_factory(session_id, handler)
+        session.reports.tap = self.observer.report
+        self.sessions[session_id] = session
+        return session
+
+    def _start_timers(self, session_id: str, *, pending: bool) -> None:
+        loop = asyncio.get_running_loop()
+
+        def end_later(reason: str) -> None:
+            loop.create_task(self.end_session(session_id, reason))
+
+        if pending:
+            self.pending[session_id] = loop.call_later(self.pending_timeout_s, end_later, "never_connected")
+        if self.session_time_limit is not None:
+            self._timers[session_id] = loop.call_later(
+                self.session_time_limit, end_later, "time_limit_reached"
+            )
+
+    def _cancel_timers(self, session_id: str) -> None:
+        for timers in (self.pending, self._timers):
+            handle = timers.pop(session_id, None)
+            if handle is not None:
+                handle.cancel()
 
     async def handle_offer(self, body: dict[str, Any], set_outputs: Any) -> dict[str, Any]:
         """fastrtc's offer handling, with failures raised as `OfferRejected` and nothing left behind."""
@@ -411,8 +531,7 @@ class HardenedStream(Stream):
     def _attach_session(self, webrtc_id: str) -> None:
         pc = self.pcs[webrtc_id]
         use_low_latency_jitter_buffers(pc)
-        session = self.session_factory(webrtc_id, self.handlers.get(webrtc_id))
-        self.sessions[webrtc_id] = session
+        session = self._register(webrtc_id, self.handlers.get(webrtc_id))
         replaced: list[Any] = []
         for conn in self.connections.get(webrtc_id, []):
             track: SessionTrack
@@ -426,6 +545,7 @@ class HardenedStream(Stream):
             for sender in pc.getSenders():
                 if sender.track is conn:
                     sender.replaceTrack(track)
+            track.observer = self.observer
             track.start()
             replaced.append(track)
             self.tracks.setdefault(webrtc_id, []).append(track)
@@ -434,38 +554,77 @@ class HardenedStream(Stream):
         @pc.on("connectionstatechange")
         async def _on_state() -> None:
             if pc.connectionState == "connected":
+                handle = self.pending.pop(webrtc_id, None)
+                if handle is not None:
+                    handle.cancel()
                 logger.info("session %s: connected", webrtc_id)
-            elif pc.connectionState in ("failed", "closed"):
-                await self.end_session(webrtc_id)
+            elif pc.connectionState == "failed":
+                await self.end_session(webrtc_id, "connection_failed")
+            elif pc.connectionState == "closed":
+                await self.end_session(webrtc_id, "client_left")
 
+        self._start_timers(webrtc_id, pending=True)
         logger.info("session %s: offer accepted (%d active)", webrtc_id, len(self.pcs))
 
-    async def end_session(self, webrtc_id: str) -> None:
-        """Idempotent: close the peer, stop tracks and threads, free the slot."""
+    async def end_session(self, webrtc_id: str, reason: str = "ended") -> None:
+        """Idempotent, any transport: tell the client why (unless it left), close the peer, stop
+        tracks and threads, free the slot."""
+        self._cancel_timers(webrtc_id)
+        close_transport = self._closers.pop(webrtc_id, None)
+        if close_transport is not None:  # WebSocket or phone: its transport frees the slot
+            await close_transport(reason, _END_MESSAGES.get(reason, reason))
+            return
         pc: RTCPeerConnection | None = self.pcs.get(webrtc_id)
+        session = self.sessions.get(webrtc_id)
+        if pc is not None and session is not None and reason in _END_MESSAGES:
+            await self._tell_ended(webrtc_id, session, reason)
         for track in self.tracks.pop(webrtc_id, []):
             track.stop()
         session = self.sessions.pop(webrtc_id, None)
         if session is not None:
             session.close()
-            logger.info("session %s: ended", webrtc_id)
+            self.observer.session_ended("webrtc", reason)
+            logger.info("session %s: ended (%s)", webrtc_id, reason)
         if pc is not None:
             with contextlib.suppress(Exception):
                 await pc.close()
         self.clean_up(webrtc_id)
         self.pcs.pop(webrtc_id, None)
 
-    async def close_all(self) -> None:
-        for webrtc_id in list(self.pcs):
-            await self.end_session(webrtc_id)
+    async def _tell_ended(self, webrtc_id: str, session: MediaSession, reason: str) -> None:
+        """On the data channel as fastrtc's `end_stream`, and on the outputs as `ended`."""
+        message = _END_MESSAGES[reason]
+        session.reports.publish({"type": "ended", "reason": reason, "message": message})
+        channel = self.data_channels.get(webrtc_id)
+        if channel is not None and getattr(channel, "readyState", "") == "open":
+            with contextlib.suppress(Exception):
+                channel.send(json.dumps({"type": "end_stream", "reason": reason, "data": message}))
+                await asyncio.sleep(0.05)  # let the message leave before the peer closes
+
+    async def close_all(self, reason: str = "server_shutdown") -> None:
+        ids = [*self.pcs, *self._closers]
+        await asyncio.gather(*(self.end_session(i, reason) for i in ids), return_exceptions=True)
 
 
 _REFUSALS = {
     "concurrency_limit_reached": "the server is at its session limit for this stream; try again later",
+    "server_limit_reached": "the server is at its total session limit; try again later",
+    "too_many_pending_offers": "too many connections are being set up right now; try again in a moment",
+    "shutting_down": "the server is shutting down; reconnect in a moment",
     "connection_already_exists": "a session with this webrtc_id already exists",
     "unknown_connection": "no session with this webrtc_id",
     "connection_closed": "the session is closed",
     "invalid_candidate_format": "the ICE candidate is malformed",
+}
+
+
+# Why a session ended, told to the client; a client that left itself is told nothing.
+_END_MESSAGES = {
+    "time_limit_reached": "the session's time limit is over",
+    "server_shutdown": "the server is restarting; reconnect in a moment",
+    "never_connected": "the connection was not established in time (network or firewall; TURN may help)",
+    "connection_failed": "the connection to the client failed",
+    "stopped_by_server": "the server ended the session",
 }
 
 

@@ -1,0 +1,201 @@
+"""Who may drive which session: server-issued session ids that name their owner process, optional
+token authentication, and the browser origin allow-list.
+
+Stock fastrtc lets the client invent the `webrtc_id` and trusts it everywhere, so anyone who learns
+an id can post inputs to, or read the outputs of, someone else's session, and several processes
+behind a proxy cannot tell whose session a request is for. Here:
+
+- `POST /api/session` issues `<instance>.<32 hex>`: the prefix names the process that owns it, so a
+  proxy can route every request for the session to that process (see docs/deploy.md), and a process
+  answers 421 for ids owned by another.
+- With `AUTH_TOKEN` set, every session route needs a credential: the token itself (`Authorization:
+  Bearer`, for servers) or the short-lived session token `/api/session` signed for that one id (for
+  pages: `?token=` works where headers cannot be set, as in EventSource and WebSocket).
+- With `ALLOWED_ORIGINS` set, browsers from other origins are refused (the page's own origin is
+  always allowed).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+INSTANCE_ID_PATTERN = r"^[a-z0-9-]{1,32}$"
+_OWNED_ID = re.compile(r"^(?P<owner>[a-z0-9-]{1,32})\.[0-9a-f]{32}$")
+PHONE_SUBJECT = "phone"  # what the token in our TwiML is signed for: the call's stream id is not known yet
+
+
+@dataclass(frozen=True)
+class Denied:
+    """A refusal in the server's one error shape (see `server.offers.refusal`)."""
+
+    status: int
+    code: str
+    message: str
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return {"status": "failed", "meta": {"error": self.code}, "message": self.message}
+
+
+def owner_of(webrtc_id: str) -> str | None:
+    """The instance that issued this id, or None for ids a client made up itself."""
+    match = _OWNED_ID.match(webrtc_id)
+    return match["owner"] if match else None
+
+
+class Access:
+    """Issues session ids and tokens, and checks each request's claim on a session."""
+
+    def __init__(self, instance_id: str, auth_token: str | None, session_ttl_s: float) -> None:
+        self.instance_id = instance_id
+        self.auth_token = auth_token or None
+        self.session_ttl_s = session_ttl_s
+        # Derived from the shared token, so every process behind one proxy verifies the same tokens.
+        self._key = hashlib.sha256(b"rtserver-session:" + (self.auth_token or "").encode()).digest()
+
+    @property
+    def required(self) -> bool:
+        return self.auth_token is not None
+
+    def issue(self) -> dict[str, Any]:
+        webrtc_id = f"{self.instance_id}.{secrets.token_hex(16)}"
+        return {
+            "webrtc_id": webrtc_id,
+            "token": self.sign(webrtc_id) if self.required else None,
+            "expires_in": self.session_ttl_s,
+            "instance": self.instance_id,
+        }
+
+    def sign(self, subject: str, ttl_s: float | None = None) -> str:
+        """`<expiry>.<base64url HMAC-SHA256(subject|expiry)>`: stateless, checked by any process."""
+        expiry = int(time.time() + (ttl_s if ttl_s is not None else self.session_ttl_s))
+        return f"{expiry}.{self._mac(subject, expiry)}"
+
+    def _mac(self, subject: str, expiry: int) -> str:
+        digest = hmac.new(self._key, f"{subject}|{expiry}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def _valid_for(self, credential: str, subject: str) -> bool:
+        expiry_text, _, mac = credential.partition(".")
+        if not expiry_text.isdigit() or int(expiry_text) < time.time():
+            return False
+        return hmac.compare_digest(mac, self._mac(subject, int(expiry_text)))
+
+    def is_master(self, credential: str | None) -> bool:
+        return credential is not None and hmac.compare_digest(credential, self.auth_token or "")
+
+    def check_any(self, credential: str | None) -> Denied | None:
+        """Routes not about one session (ICE configuration, metrics): the token or any live session token."""
+        if not self.required or self.is_master(credential):
+            return None
+        if credential and "." in credential:
+            expiry_text = credential.partition(".")[0]
+            if expiry_text.isdigit() and int(expiry_text) >= time.time():
+                return None  # a session token's subject is not known here; its expiry is checked
+        return _unauthorized(credential)
+
+    def check_master(self, credential: str | None) -> Denied | None:
+        if not self.required or self.is_master(credential):
+            return None
+        return _unauthorized(credential)
+
+    def check_session(self, webrtc_id: str, credential: str | None) -> Denied | None:
+        """Is this request allowed to drive session `webrtc_id` on this process?"""
+        owner = owner_of(webrtc_id)
+        if owner is not None and owner != self.instance_id:
+            return Denied(
+                421,
+                "wrong_instance",
+                f"session {webrtc_id!r} belongs to server instance {owner!r}, not {self.instance_id!r}: "
+                "route requests by the webrtc_id query parameter (see docs/deploy.md)",
+            )
+        if not self.required or self.is_master(credential):
+            return None
+        if credential and self._valid_for(credential, webrtc_id):
+            return None
+        if credential and "." in credential:
+            return Denied(
+                403, "forbidden", "this session token is for another session or has expired; get a new one"
+            )
+        return _unauthorized(credential)
+
+    def check_phone(self, credential: str | None) -> Denied | None:
+        if not self.required or self.is_master(credential):
+            return None
+        if credential and self._valid_for(credential, PHONE_SUBJECT):
+            return None
+        return _unauthorized(credential)
+
+
+def _unauthorized(credential: str | None) -> Denied:
+    if credential:
+        return Denied(401, "unauthorized", "the access token is not valid")
+    return Denied(
+        401,
+        "unauthorized",
+        "this server needs an access token: send Authorization: Bearer <token> or ?token=<session token>",
+    )
+
+
+def credential_of(headers: Any, query: Any) -> str | None:
+    """Bearer header first, then `?token=` (EventSource and browser WebSockets cannot set headers)."""
+    header = headers.get("authorization") or ""
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    token = query.get("token")
+    return token or None
+
+
+class OriginGuard:
+    """Pure ASGI middleware: browsers from origins outside the allow-list get 403 (HTTP) or a 1008
+    close (WebSocket). Requests without an Origin header (servers, curl) are not browsers and pass."""
+
+    def __init__(self, app: ASGIApp, allowed: list[str]) -> None:
+        self.app = app
+        self.allowed = {o.rstrip("/").lower() for o in allowed}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or not self.allowed:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        origin = headers.get("origin")
+        if origin is None or self._allowed(origin, headers.get("host", "")):
+            await self.app(scope, receive, send)
+            return
+        logger.warning("refused %s %s from origin %s", scope["type"], scope.get("path"), origin)
+        message = f"origin {origin} is not allowed (ALLOWED_ORIGINS)"
+        if scope["type"] == "websocket":
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+            return
+        body = json.dumps(Denied(403, "origin_not_allowed", message).body).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 403,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def _allowed(self, origin: str, host: str) -> bool:
+        normalized = origin.rstrip("/").lower()
+        if normalized in self.allowed or "*" in self.allowed:
+            return True
+        return urlsplit(normalized).netloc == host.lower()  # the page this server serves itself
