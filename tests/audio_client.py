@@ -21,7 +21,7 @@ from av import AudioFrame
 
 from streams.jitter import use_low_latency_jitter_buffers
 from streams.vad import resample
-from tests.rtc_client import pin_loopback
+from tests.rtc_client import pin_loopback, session_http
 
 RATE = 48_000
 FRAME = 960  # 20 ms
@@ -94,6 +94,7 @@ class ScriptTrack(AudioStreamTrack):
 class ChatClient:
     base_url: str
     webrtc_id: str = field(default_factory=lambda: f"chat-{time.monotonic_ns()}")
+    token: str | None = None
     received: list[tuple[float, float]] = field(default_factory=list)  # (arrival, rms)
     messages: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
 
@@ -108,7 +109,7 @@ class ChatClient:
         self.pc.on("track", lambda track: setattr(self, "_reader", asyncio.ensure_future(self._read(track))))
         await self.pc.setLocalDescription(await self.pc.createOffer())
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "webrtc_id": self.webrtc_id}
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout) as http:
+        async with session_http(self.base_url, self.webrtc_id, self.token, timeout) as http:
             resp = await http.post("/chat/webrtc/offer", json=body)
         if resp.status_code != 200:
             raise RuntimeError(f"offer refused: {resp.status_code} {resp.text}")
@@ -140,7 +141,7 @@ class ChatClient:
         return [t for t, m in self.messages if m.get("type") == "log" and m.get("data") == what]
 
     async def set_input(self, **params: Any) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as http:
+        async with session_http(self.base_url, self.webrtc_id, self.token) as http:
             return await http.post("/chat/input", json={"webrtc_id": self.webrtc_id, **params})
 
     async def close(self) -> None:

@@ -28,6 +28,29 @@ BAND = 32
 MARK = (100, 160)  # orientation square: rows/cols 100..160 from the top-left corner
 
 
+def session_http(
+    base_url: str, webrtc_id: str, token: str | None = None, timeout: float = 10.0
+) -> httpx.AsyncClient:
+    """Requests about one session, as the page makes them: the id in the query string (a proxy routes
+    on it) and the credential, if any, as a bearer header."""
+    return httpx.AsyncClient(
+        base_url=base_url,
+        timeout=timeout,
+        params={"webrtc_id": webrtc_id},
+        headers={"Authorization": f"Bearer {token}"} if token else {},
+    )
+
+
+async def issue_session(base_url: str, token: str | None = None) -> tuple[str, str | None]:
+    """A server-issued (webrtc_id, session token) from POST /api/session."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+        resp = await http.post("/api/session", headers=headers)
+    resp.raise_for_status()
+    body = resp.json()
+    return body["webrtc_id"], body["token"]
+
+
 def pin_loopback() -> None:
     """aioice skips 127.0.0.1; on a loopback-only machine the client must offer it explicitly."""
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
@@ -124,6 +147,7 @@ class VideoClient:
     base_url: str
     stream: str = "video"
     webrtc_id: str = field(default_factory=lambda: f"test-{time.monotonic_ns()}")
+    token: str | None = None  # sent as a bearer credential (AUTH_TOKEN or a session token)
     fps: int = 30
     width: int = 640
     height: int = 480
@@ -145,7 +169,7 @@ class VideoClient:
         self.pc.on("track", self._on_track)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "webrtc_id": self.webrtc_id}
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout) as http:
+        async with session_http(self.base_url, self.webrtc_id, self.token, timeout) as http:
             resp = await http.post(f"/{self.stream}/webrtc/offer", json=body)
         answer = resp.json()
         if resp.status_code != 200:
@@ -182,7 +206,7 @@ class VideoClient:
             await asyncio.sleep(0.05)
 
     async def set_input(self, **params: Any) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as http:
+        async with session_http(self.base_url, self.webrtc_id, self.token) as http:
             return await http.post(f"/{self.stream}/input", json={"webrtc_id": self.webrtc_id, **params})
 
     def window(self, seconds: float) -> list[Received]:
@@ -215,6 +239,7 @@ class ReceiveClient:
     base_url: str
     stream: str = "generate"
     webrtc_id: str = field(default_factory=lambda: f"recv-{time.monotonic_ns()}")
+    token: str | None = None
     frames: list[tuple[float, int, int]] = field(default_factory=list)  # (arrival, counter, width)
 
     async def connect(self, timeout: float = 15.0) -> None:
@@ -226,7 +251,7 @@ class ReceiveClient:
         self.pc.on("track", lambda track: setattr(self, "_reader", asyncio.ensure_future(self._read(track))))
         await self.pc.setLocalDescription(await self.pc.createOffer())
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "webrtc_id": self.webrtc_id}
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout) as http:
+        async with session_http(self.base_url, self.webrtc_id, self.token, timeout) as http:
             resp = await http.post(f"/{self.stream}/webrtc/offer", json=body)
         if resp.status_code != 200:
             raise RuntimeError(f"offer refused: {resp.status_code} {resp.text}")
@@ -249,7 +274,7 @@ class ReceiveClient:
         return n / (until - since)
 
     async def set_input(self, **params: Any) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as http:
+        async with session_http(self.base_url, self.webrtc_id, self.token) as http:
             return await http.post(f"/{self.stream}/input", json={"webrtc_id": self.webrtc_id, **params})
 
     async def close(self) -> None:
