@@ -30,10 +30,16 @@ def stream_url(request: Request, handler_path: str) -> str:
 def make_incoming_call_route(
     handler_path: str, auth_token: str | None, stream_token: Callable[[], str] | None = None
 ):  # noqa: ANN201 - FastAPI endpoint
-    """`stream_token`, when access tokens are on, makes the token Twilio passes back in `start`."""
+    """`stream_token`, when access tokens are on, makes the token Twilio passes back in `start`.
+    Handing one out to any caller would open the door AUTH_TOKEN closes, so then calls need
+    TWILIO_AUTH_TOKEN: only Twilio can sign the webhook."""
     validator = RequestValidator(auth_token) if auth_token else None
 
     async def incoming_call(request: Request) -> Any:
+        if stream_token is not None and validator is None:
+            return refusal(
+                403, "phone_disabled", "phone calls need TWILIO_AUTH_TOKEN on a server that has AUTH_TOKEN"
+            )
         form = dict(await request.form())
         if validator is not None:
             signature = request.headers.get("X-Twilio-Signature", "")

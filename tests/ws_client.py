@@ -24,6 +24,7 @@ class AudioSocketClient:
     session_id: str = field(default_factory=lambda: f"ws-{time.monotonic_ns()}")
     phone: bool = False
     input_rate: int | None = None  # fastrtc's protocol: the handler's input rate (ours 16 kHz)
+    start_parameters: dict[str, str] = field(default_factory=dict)  # Twilio's <Parameter>s from TwiML
     media: list[tuple[float, float]] = field(default_factory=list)  # (arrival, rms)
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
 
@@ -45,7 +46,8 @@ class AudioSocketClient:
         if self.phone:
             await self.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
             await self.send({"event": "start", "streamSid": self.session_id,
-                             "start": {"streamSid": self.session_id, "mediaFormat": {"encoding": "audio/x-mulaw",
+                             "start": {"streamSid": self.session_id, "customParameters": self.start_parameters,
+                                       "mediaFormat": {"encoding": "audio/x-mulaw",
                                        "sampleRate": 8000, "channels": 1}}})  # fmt: skip
         else:
             await self.send({"event": "start", "websocket_id": self.session_id})
