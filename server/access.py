@@ -45,6 +45,7 @@ class Denied:
     status: int
     code: str
     message: str
+    retry_after_s: float | None = None
 
     @property
     def body(self) -> dict[str, Any]:

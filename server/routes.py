@@ -46,9 +46,10 @@ def describe_errors(errors: list[Any]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def denied_response(denied: Denied, **headers: str) -> JSONResponse:
+def denied_response(denied: Denied) -> JSONResponse:
     response = refusal(denied.status, denied.code, denied.message)
-    response.headers.update(headers)
+    if denied.retry_after_s is not None:
+        response.headers["Retry-After"] = str(max(1, round(denied.retry_after_s)))
     return response
 
 
@@ -83,7 +84,10 @@ class SessionGuard:
             wait = self.limiter.acquire(client_key(conn))
             if wait > 0:
                 denied = Denied(
-                    429, "rate_limited", f"too many new sessions from this address; retry in {wait:.0f} s"
+                    429,
+                    "rate_limited",
+                    f"too many new sessions from this address; retry in {max(1, round(wait))} s",
+                    retry_after_s=wait,
                 )
         if denied is not None:
             self.count_refusal(stream, transport, denied.code)

@@ -241,11 +241,13 @@ class ReceiveClient:
     webrtc_id: str = field(default_factory=lambda: f"recv-{time.monotonic_ns()}")
     token: str | None = None
     frames: list[tuple[float, int, int]] = field(default_factory=list)  # (arrival, counter, width)
+    messages: list[dict[str, Any]] = field(default_factory=list)  # data-channel JSON
 
     async def connect(self, timeout: float = 15.0) -> None:
         pin_loopback()
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.pc.createDataChannel("text")
+        channel = self.pc.createDataChannel("text")
+        channel.on("message", lambda m: self.messages.append(json.loads(m)))
         self.pc.addTransceiver("video", direction="recvonly")
         self._reader: asyncio.Task[None] | None = None
         self.pc.on("track", lambda track: setattr(self, "_reader", asyncio.ensure_future(self._read(track))))
