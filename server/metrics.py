@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import Counter as Counter_
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -48,14 +49,22 @@ class LiveCollector(Collector):
             pending.add_metric([name], len(stream.pending))
             peers.add_metric([name], len(stream.pcs))
         yield from (active, pending, peers)
-        yield GaugeMetricFamily(
-            "rt_threads", "Live threads in the server process", value=threading.active_count()
+        threads = GaugeMetricFamily(
+            "rt_threads", "Live threads by pool (per-session pools must drain to zero)", labels=["pool"]
         )
+        for pool, count in Counter_(_pool(t.name) for t in threading.enumerate()).items():
+            threads.add_metric([pool], count)
+        yield threads
         try:
             tasks = len(asyncio.all_tasks())
         except RuntimeError:  # scraped outside the event loop
             return
         yield GaugeMetricFamily("rt_event_loop_tasks", "Tasks on the server's event loop", value=tasks)
+
+
+def _pool(thread_name: str) -> str:
+    """`video-<session>_0` -> `video`, `asyncio_3` -> `asyncio`, `Thread-7 (run)` -> `Thread`."""
+    return thread_name.split("-", 1)[0].split("_", 1)[0].split(" ", 1)[0]
 
 
 class Metrics:

@@ -51,7 +51,9 @@ async def test_video_session_metrics_move(server):
         )
         assert processed == frames_out
         assert value(during, "rt_frame_server_latency_seconds_count", stream="video") > 0
-        assert value(during, "rt_threads") > 0 and value(during, "rt_event_loop_tasks") > 0
+        # per session: our worker (`video-<id>`) and aiortc's decoder thread (`video-decoder`)
+        assert value(during, "rt_threads", pool="video") == 2
+        assert value(during, "rt_event_loop_tasks") > 0
     finally:
         await client.close()
     assert await wait_until(
@@ -59,6 +61,7 @@ async def test_video_session_metrics_move(server):
     )
     after = scrape(server)
     assert value(after, "rt_peer_connections", stream="video") == 0
+    assert value(after, "rt_threads", pool="video") == 0
     ended = sum(
         v - before.get(k, 0.0)
         for k, v in after.items()
