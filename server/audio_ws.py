@@ -71,6 +71,19 @@ class _SocketChannel:
             await self.websocket.send_text(message)
 
 
+CLOSE_UNSUPPORTED_DATA = 1003
+
+
+async def _receive(websocket: WebSocket) -> dict[str, Any]:
+    """The next message, parsed; Starlette's `receive_text` raises KeyError on a binary frame."""
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    if message.get("text") is None:
+        raise ProtocolError("binary frames are not accepted: send JSON text messages", CLOSE_UNSUPPORTED_DATA)
+    return _parse(message["text"])
+
+
 def _parse(text: str) -> dict[str, Any]:
     if len(text) > MAX_MESSAGE_CHARS:
         raise ProtocolError(f"message over {MAX_MESSAGE_CHARS} characters", CLOSE_TOO_BIG)
@@ -162,7 +175,7 @@ async def _start(
     close: Callable[[str, str], Any],
 ) -> tuple[str, Any]:
     while True:
-        message = _parse(await websocket.receive_text())
+        message = await _receive(websocket)
         event = message["event"]
         if event in ("connected", "ping"):  # Twilio sends "connected" first
             if event == "ping":
@@ -206,7 +219,7 @@ def _send_soon(websocket: WebSocket, message: dict[str, Any]) -> None:
 async def _receive_loop(websocket: WebSocket, handler: Any, phone: bool) -> None:
     rate = PHONE_RATE if phone else handler.input_sample_rate
     while True:
-        message = _parse(await websocket.receive_text())
+        message = await _receive(websocket)
         event = message["event"]
         if event == "media":
             media = message.get("media")
