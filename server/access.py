@@ -99,14 +99,13 @@ class Access:
     def is_master(self, credential: str | None) -> bool:
         return credential is not None and hmac.compare_digest(credential, self.auth_token or "")
 
-    def check_any(self, credential: str | None) -> Denied | None:
-        """Routes not about one session (ICE configuration, metrics): the token or any live session token."""
+    def check_any(self, credential: str | None, webrtc_id: str | None) -> Denied | None:
+        """Routes for whoever holds a session (the ICE configuration): the token, or a valid session
+        token together with the `webrtc_id` it was issued for."""
         if not self.required or self.is_master(credential):
             return None
-        if credential and "." in credential:
-            expiry_text = credential.partition(".")[0]
-            if expiry_text.isdigit() and int(expiry_text) >= time.time():
-                return None  # a session token's subject is not known here; its expiry is checked
+        if credential and webrtc_id and self._valid_for(credential, webrtc_id):
+            return None
         return _unauthorized(credential)
 
     def check_master(self, credential: str | None) -> Denied | None:

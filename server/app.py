@@ -214,7 +214,7 @@ def create_app(
 
     @app.get("/api/rtc-config", tags=["ice"])
     async def rtc_config(request: Request) -> Any:
-        denied = access.check_any(credential(request))
+        denied = access.check_any(credential(request), request.query_params.get("webrtc_id"))
         if denied is not None:
             return denied_response(denied)
         return settings.client_rtc_configuration()

@@ -10,7 +10,10 @@ function statusSetter(id) {
 function handleServerMessage(msg, setStatus, stop) {
   if (msg.type === "error") setStatus(`Server error: ${msg.message ?? msg.data}`, "error");
   else if (msg.type === "warning") setStatus(`Warning: ${msg.message ?? msg.data}`);
-  else if (msg.type === "end_stream") { setStatus(`The server ended the stream: ${msg.data ?? ""}`); stop(); }
+  else if (msg.type === "end_stream") {
+    stop(); // first: closing the peer ourselves must not overwrite the reason with "Disconnected."
+    setStatus(`The server ended the session: ${msg.data ?? msg.reason ?? "no reason given"}`, "error");
+  }
 }
 
 /** Start/stop wiring shared by the panels: button, status line, cleanup on any ending. */

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -108,8 +109,12 @@ async def test_a_session_works_with_its_session_token(auth_server):
                     if filters[-1] == "gray" or len(filters) > 20:
                         break
             assert filters[-1] == "gray", filters
-        config = httpx.get(f"{auth_server.base_url}/api/rtc-config", headers=bearer(session_token))
+        rtc_config = f"{auth_server.base_url}/api/rtc-config?webrtc_id={webrtc_id}"
+        config = httpx.get(rtc_config, headers=bearer(session_token))
         assert config.status_code == 200 and "iceServers" in config.json()
+        forged = f"{int(time.time()) + 600}.{'A' * 43}"  # well-formed, unexpired, not signed by us
+        assert httpx.get(rtc_config, headers=bearer(forged)).status_code == 401
+        assert httpx.get(rtc_config.split("?")[0], headers=bearer(session_token)).status_code == 401
     finally:
         await client.close()
 
