@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from server.access import Access, OriginGuard, credential_of
 from server.config import REPO_ROOT, SAMPLE_CLIP, Settings
 from server.env import apply_offline_defaults
-from server.ice import pin_host_addresses, set_dead_peer_timeout
+from server.ice import IceConfig, pin_host_addresses, set_dead_peer_timeout
 from server.limits import BodySizeLimit, RateLimiter
 from server.metrics import Metrics
 from server.offers import refusal
@@ -38,6 +38,7 @@ def create_app(
     apply_offline_defaults()
     settings = settings or Settings()
     pin_host_addresses(settings.ice_host_addresses)
+    ice = IceConfig(settings)
     set_dead_peer_timeout(settings.ice_dead_peer_timeout_s)
 
     # Imported here so the offline defaults above are in place before gradio loads.
@@ -72,7 +73,7 @@ def create_app(
         detect_executor=detect_executor,
         concurrency_limit=settings.video_concurrency_limit,
         time_limit=settings.video_time_limit_s,
-        server_rtc_configuration=settings.server_rtc_configuration(),
+        server_rtc_configuration=ice.server_configuration,
         filters=filters,
         report_hz=settings.video_report_hz,
     )
@@ -85,7 +86,7 @@ def create_app(
         pattern_fps=settings.generate_pattern_fps,
         concurrency_limit=settings.generate_concurrency_limit,
         time_limit=settings.generate_time_limit_s,
-        server_rtc_configuration=settings.server_rtc_configuration(),
+        server_rtc_configuration=ice.server_configuration,
     )
 
     vad = SileroVAD()
@@ -122,7 +123,7 @@ def create_app(
         unavailable=unavailable,
         concurrency_limit=settings.chat_concurrency_limit,
         time_limit=settings.chat_time_limit_s,
-        server_rtc_configuration=settings.server_rtc_configuration(),
+        server_rtc_configuration=ice.server_configuration,
     )
 
     budget = SessionBudget(max_sessions=settings.max_sessions, max_pending=settings.max_pending_offers)
@@ -217,7 +218,7 @@ def create_app(
         denied = access.check_any(credential(request), request.query_params.get("webrtc_id"))
         if denied is not None:
             return denied_response(denied)
-        return settings.client_rtc_configuration()
+        return ice.client_configuration()
 
     if Path(STATIC_DIR).is_dir():
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import secrets
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +40,25 @@ class Settings(BaseSettings):
     ice_host_addresses: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated host addresses aiortc gathers (e.g. 127.0.0.1 in tests). Empty: all.",
+    )
+
+    # --- TURN (see server/ice.py) ---
+    turn_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated turn:/turns: URLs of your TURN server"
+    )
+    turn_username: str | None = Field(None, description="static TURN user (coturn lt-cred-mech)")
+    turn_credential: str | None = None
+    turn_shared_secret: str | None = Field(
+        None, description="coturn static-auth-secret: mint time-limited REST credentials instead"
+    )
+    turn_user: str = Field("rtserver", description="the user part of REST usernames")
+    turn_credential_ttl_s: float = Field(3600.0, ge=60, le=7 * 86_400)
+    turn_provider: Literal["none", "cloudflare", "twilio"] = "none"
+    cloudflare_turn_key_id: str | None = None
+    cloudflare_turn_api_token: str | None = None
+    twilio_account_sid: str | None = None
+    ice_transport_policy: Literal["all", "relay"] = Field(
+        "all", description="relay: browsers and the server use TURN only"
     )
 
     ice_dead_peer_timeout_s: float = Field(
@@ -118,17 +137,28 @@ class Settings(BaseSettings):
     detector_use_gpu: bool = True
     detector_iou_threshold: float = Field(0.5, gt=0.0, le=1.0)
 
-    @field_validator("ice_host_addresses", "allowed_origins", mode="before")
+    @field_validator("ice_host_addresses", "allowed_origins", "turn_urls", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    def client_rtc_configuration(self) -> dict[str, Any]:
-        """The RTCConfiguration handed to browsers."""
-        return {"iceServers": [s.model_dump(exclude_none=True) for s in self.ice_servers]}
-
-    def server_rtc_configuration(self) -> dict[str, Any]:
-        """The configuration for the server's own peers: explicit, never aiortc's public STUN default."""
-        return self.client_rtc_configuration()
+    @model_validator(mode="after")  # a half-configured TURN fails at start, not at the first call
+    def _turn_is_complete(self) -> Settings:
+        problems = []
+        if self.turn_provider == "cloudflare" and not (
+            self.cloudflare_turn_key_id and self.cloudflare_turn_api_token
+        ):
+            problems.append(
+                "TURN_PROVIDER=cloudflare needs CLOUDFLARE_TURN_KEY_ID and CLOUDFLARE_TURN_API_TOKEN"
+            )
+        if self.turn_provider == "twilio" and not (self.twilio_account_sid and self.twilio_auth_token):
+            problems.append("TURN_PROVIDER=twilio needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+        if (self.turn_username or self.turn_shared_secret) and not self.turn_urls:
+            problems.append("TURN credentials are set but TURN_URLS is empty")
+        if self.turn_username and self.turn_credential is None:
+            problems.append("TURN_USERNAME needs TURN_CREDENTIAL")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

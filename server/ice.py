@@ -1,9 +1,15 @@
-"""ICE: what host addresses aiortc gathers, and the RTCConfiguration handed to browsers."""
+"""ICE: what host addresses aiortc gathers, and the RTCConfigurations (STUN/TURN) for browsers and
+for the server's own peers."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
+import time
 from collections.abc import Callable
+from typing import Any
 
 import aioice.ice
 
@@ -34,3 +40,86 @@ def set_dead_peer_timeout(seconds: float) -> None:
     """How long a silent peer keeps its session: aioice checks consent (RFC 7675) every
     `CONSENT_INTERVAL` s and gives up after `CONSENT_FAILURES` misses (default 6 x 5 s = 30 s)."""
     aioice.ice.CONSENT_INTERVAL = seconds / aioice.ice.CONSENT_FAILURES
+
+
+def turn_rest_credentials(secret: str, user: str, ttl_s: float, now: float | None = None) -> tuple[str, str]:
+    """coturn's `use-auth-secret` scheme (the TURN REST API draft): username `<expiry>:<user>`,
+    credential base64(HMAC-SHA1(secret, username)). coturn checks it with the same secret and
+    refuses it after the expiry, so nothing long-lived ever reaches a browser."""
+    username = f"{int((now if now is not None else time.time()) + ttl_s)}:{user}"
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return username, base64.b64encode(digest).decode()
+
+
+class IceConfig:
+    """The one source of RTCConfigurations, for browsers and for the server's own peers.
+
+    Static servers come from ICE_SERVERS and TURN_URLS; with TURN_SHARED_SECRET the TURN entries get
+    fresh REST credentials; TURN_PROVIDER adds Cloudflare's or Twilio's servers through fastrtc's
+    helpers (network calls, made only when configured, cached for half their lifetime).
+    """
+
+    def __init__(self, settings: Any, fetch_provider: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.settings = settings
+        self._fetch_provider = fetch_provider or self._provider_fetcher()
+        self._provider_cache: tuple[float, list[dict[str, Any]]] | None = None
+        self._server_cache: tuple[float, dict[str, Any]] | None = None
+
+    def _turn_servers(self) -> list[dict[str, Any]]:
+        s = self.settings
+        if not s.turn_urls:
+            return []
+        if s.turn_shared_secret:
+            username, credential = turn_rest_credentials(
+                s.turn_shared_secret, s.turn_user, s.turn_credential_ttl_s
+            )
+        else:
+            username, credential = s.turn_username, s.turn_credential
+        entry: dict[str, Any] = {"urls": list(s.turn_urls)}
+        if username is not None:
+            entry |= {"username": username, "credential": credential}
+        return [entry]
+
+    def _provider_fetcher(self) -> Callable[[], dict[str, Any]] | None:
+        s = self.settings
+        if s.turn_provider == "cloudflare":
+            from fastrtc import get_cloudflare_turn_credentials
+
+            return lambda: get_cloudflare_turn_credentials(
+                turn_key_id=s.cloudflare_turn_key_id,
+                turn_key_api_token=s.cloudflare_turn_api_token,
+                ttl=int(s.turn_credential_ttl_s),
+            )
+        if s.turn_provider == "twilio":
+            from fastrtc import get_twilio_turn_credentials
+
+            return lambda: get_twilio_turn_credentials(s.twilio_account_sid, s.twilio_auth_token)
+        return None
+
+    def _provider_servers(self) -> list[dict[str, Any]]:
+        if self._fetch_provider is None:
+            return []
+        now = time.monotonic()
+        if self._provider_cache is None or now >= self._provider_cache[0]:
+            try:
+                servers = list(self._fetch_provider().get("iceServers", []))
+            except Exception as exc:  # offline, bad keys: keep serving what we have
+                logger.error("TURN provider %s failed: %s", self.settings.turn_provider, exc)
+                return self._provider_cache[1] if self._provider_cache else []
+            self._provider_cache = (now + self.settings.turn_credential_ttl_s / 2, servers)
+        return self._provider_cache[1]
+
+    def client_configuration(self) -> dict[str, Any]:
+        """For one browser, now: REST credentials are minted per call."""
+        servers = [s.model_dump(exclude_none=True) for s in self.settings.ice_servers]
+        config: dict[str, Any] = {"iceServers": servers + self._turn_servers() + self._provider_servers()}
+        if self.settings.ice_transport_policy == "relay":
+            config["iceTransportPolicy"] = "relay"
+        return config
+
+    def server_configuration(self) -> dict[str, Any]:
+        """For the server's peers: the same servers, re-minted when half the credential lifetime is gone."""
+        now = time.monotonic()
+        if self._server_cache is None or now >= self._server_cache[0]:
+            self._server_cache = (now + self.settings.turn_credential_ttl_s / 2, self.client_configuration())
+        return self._server_cache[1]

@@ -49,6 +49,17 @@ function waitForIceGathering(pc, timeoutMs = 5000) {
   });
 }
 
+/** Relay-only and no relay address: say why now, instead of a connection that silently never comes. */
+function checkRelay(config, sdp, iceErrors) {
+  if (config.iceTransportPolicy !== "relay" || / typ relay/.test(sdp)) return;
+  const turn = (config.iceServers ?? []).some((s) => [].concat(s.urls).some((u) => u.startsWith("turn")));
+  if (!turn) throw new Error("This server allows relayed connections only, but gave no TURN server.");
+  const rejected = iceErrors.some((e) => / 401\b/.test(e));
+  throw new Error(rejected
+    ? `The TURN server rejected the credentials (401), so no relayed connection is possible. (${iceErrors[0]})`
+    : `Could not get a relay address from the TURN server (unreachable or refused${iceErrors.length ? `: ${iceErrors[0]}` : ""}).`);
+}
+
 export async function postInput(stream, id, params) {
   return fetch(sessionUrl(`${stream}/input`, id), {
     method: "POST", headers: { "Content-Type": "application/json" },
@@ -75,8 +86,11 @@ export async function connect(stream, { setup, onTrack, onMessage, onState, onRe
     setup(pc);
     pc.ontrack = (ev) => onTrack?.(ev);
     pc.onconnectionstatechange = () => onState?.(pc.connectionState);
+    const iceErrors = [];
+    pc.onicecandidateerror = (ev) => iceErrors.push(`${ev.url ?? "?"}: ${ev.errorCode} ${ev.errorText ?? ""}`.trim());
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIceGathering(pc);
+    checkRelay(config, pc.localDescription.sdp, iceErrors);
     const resp = await fetch(sessionUrl(`${stream}/webrtc/offer`, id), {
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", webrtc_id: id }),

@@ -25,7 +25,7 @@ from fastrtc import AsyncStreamHandler
 from fastrtc.utils import create_message
 from pydantic import BaseModel, ConfigDict
 
-from streams.runtime import HardenedStream, ReportChannel
+from streams.runtime import HardenedStream, ReportChannel, RtcConfigSource
 from streams.turns import SpeechStarted, TurnDetector, TurnDiscarded, TurnEnded, TurnSettings
 from streams.vad import SAMPLE_RATE, SileroVAD, resample, to_float_mono
 
@@ -259,7 +259,7 @@ def create_chat_stream(
     unavailable: Mapping[str, str],
     concurrency_limit: int,
     time_limit: float | None,
-    server_rtc_configuration: dict[str, Any],
+    server_rtc_configuration: RtcConfigSource,
 ) -> HardenedStream:
     """The `/chat` stream: a fastrtc audio `Stream` around a `ChatHandler`."""
     handler = ChatHandler(

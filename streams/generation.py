@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from streams.meters import RateMeter
-from streams.runtime import HardenedStream, ReportChannel
+from streams.runtime import HardenedStream, ReportChannel, RtcConfigSource
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def create_generate_stream(
     pattern_fps: float,
     concurrency_limit: int,
     time_limit: float | None,
-    server_rtc_configuration: dict[str, Any],
+    server_rtc_configuration: RtcConfigSource,
 ) -> HardenedStream:
     """The `/generate` stream: a fastrtc receive-mode video `Stream` paced by `PacedVideoTrack`."""
     sources: dict[str, Callable[[], FrameSource]] = {

@@ -31,7 +31,13 @@ from typing import Any, Protocol, cast
 
 import av
 import numpy as np
-from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCIceTransportPolicy,
+    RTCPeerConnection,
+)
 from aiortc.mediastreams import VIDEO_TIME_BASE, MediaStreamError
 from fastapi.responses import JSONResponse
 from fastrtc import Stream
@@ -367,7 +373,20 @@ class PacedVideoTrack(SessionTrack):
         return frame
 
 
-SessionFactory = Callable[[str, Any], MediaSession]  # (webrtc_id, fastrtc's per-connection handler)
+SessionFactory = Callable[[str, Any], MediaSession]
+# An RTCConfiguration dict, or a function returning the current one (credentials that expire).
+RtcConfigSource = dict[str, Any] | Callable[[], dict[str, Any]]
+
+
+def to_aiortc_configuration(source: RtcConfigSource) -> RTCConfiguration:
+    config = source() if callable(source) else source
+    return RTCConfiguration(
+        iceServers=[
+            RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+            for s in config.get("iceServers", [])
+        ],
+        iceTransportPolicy=RTCIceTransportPolicy(config.get("iceTransportPolicy", "all")),
+    )  # (webrtc_id, fastrtc's per-connection handler)
 
 
 class HardenedStream(Stream):
@@ -385,7 +404,7 @@ class HardenedStream(Stream):
         *,
         session_factory: SessionFactory,
         concurrency_limit: int,
-        server_rtc_configuration: dict[str, Any],
+        server_rtc_configuration: RtcConfigSource,
         time_limit: float | None = None,
         handler: Any = None,
         budget: SessionBudget | None = None,
@@ -398,9 +417,11 @@ class HardenedStream(Stream):
             handler=handler if handler is not None else _never_called,
             concurrency_limit=concurrency_limit,
             time_limit=None,  # ours: `_start_timers` tells the client why it ended (stock closes silently)
-            server_rtc_configuration=server_rtc_configuration,
             **kwargs,
         )
+        # fastrtc converts its configuration once and drops iceTransportPolicy; ours is read per offer,
+        # so TURN credentials that expire are replaced and relay-only applies to the server too.
+        self.rtc_configuration_source = server_rtc_configuration
         self.session_factory = session_factory
         self.session_time_limit = time_limit
         self.pending_timeout_s = pending_timeout_s
@@ -508,6 +529,7 @@ class HardenedStream(Stream):
         is_new_offer = body.get("type") == "offer" and webrtc_id not in self.pcs
         if is_new_offer:
             self.check_room_for(webrtc_id)
+            self.server_rtc_configuration = to_aiortc_configuration(self.rtc_configuration_source)
         try:
             result = await super().handle_offer(body, set_outputs)
         except Exception as exc:

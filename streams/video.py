@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from streams.detection import Detection, Detector, draw_detections
 from streams.filters import FILTERS, FrameFilter
 from streams.meters import RateMeter
-from streams.runtime import HardenedStream, ReportChannel
+from streams.runtime import HardenedStream, ReportChannel, RtcConfigSource
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def create_video_stream(
     detect_executor: Executor | None,
     concurrency_limit: int,
     time_limit: float | None,
-    server_rtc_configuration: dict[str, Any],
+    server_rtc_configuration: RtcConfigSource,
     filters: Mapping[str, FrameFilter] = FILTERS,
     report_hz: float = 5.0,
 ) -> HardenedStream:

@@ -148,6 +148,7 @@ class VideoClient:
     stream: str = "video"
     webrtc_id: str = field(default_factory=lambda: f"test-{time.monotonic_ns()}")
     token: str | None = None  # sent as a bearer credential (AUTH_TOKEN or a session token)
+    rtc_configuration: RTCConfiguration | None = None  # default: host candidates only (loopback)
     fps: int = 30
     width: int = 640
     height: int = 480
@@ -160,7 +161,7 @@ class VideoClient:
 
     async def connect(self, timeout: float = 15.0) -> dict[str, Any]:
         pin_loopback()
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc = RTCPeerConnection(self.rtc_configuration or RTCConfiguration(iceServers=[]))
         self.channel = self.pc.createDataChannel("text")
         self.channel.on("message", lambda m: self.messages.append(json.loads(m)))
         self.track = NumberedTrack(self.fps, self.width, self.height, self.background)

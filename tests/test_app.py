@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from server.config import Settings
+from server.ice import IceConfig
 from streams.filters import FILTERS
 
 
@@ -24,7 +25,7 @@ def test_settings_read_from_environment(monkeypatch):
     s = Settings()
     assert s.ice_host_addresses == ["127.0.0.1", "10.0.0.5"]
     assert s.video_concurrency_limit == 12
-    assert s.client_rtc_configuration() == {
+    assert IceConfig(s).client_configuration() == {
         "iceServers": [{"urls": "turn:turn.example:3478", "username": "u", "credential": "p"}]
     }
     monkeypatch.setenv("VIDEO_CONCURRENCY_LIMIT", "0")
@@ -33,7 +34,7 @@ def test_settings_read_from_environment(monkeypatch):
 
 
 def test_server_never_uses_a_public_stun_default():
-    assert Settings().server_rtc_configuration() == {"iceServers": []}
+    assert IceConfig(Settings()).server_configuration() == {"iceServers": []}
 
 
 def test_offline_defaults_are_set_before_gradio_loads():
