@@ -1,5 +1,6 @@
 // The page: one panel per stream, each speaking fastrtc's protocol through rtc.js.
 import { connect, describeState, postInput, readError } from "./rtc.js";
+import { startStats } from "./stats.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -17,11 +18,14 @@ function handleServerMessage(msg, setStatus, stop) {
 }
 
 /** Start/stop wiring shared by the panels: button, status line, cleanup on any ending. */
-function panel({ button, status, startLabel, start, onStopped }) {
+function panel({ button, status, startLabel, start, onStopped, stats, statsKind = "video" }) {
   const setStatus = statusSetter(status);
   let session = null;
   let media = null;
+  let strip = null;
   const stop = () => {
+    strip?.stop();
+    strip = null;
     session?.close();
     media?.getTracks().forEach((t) => t.stop());
     session = media = null;
@@ -37,6 +41,7 @@ function panel({ button, status, startLabel, start, onStopped }) {
     try {
       const result = await start({ setStatus, stop, setMedia: (m) => { media = m; } });
       session = result;
+      strip = startStats(result.pc, $(stats), statsKind);
       $(button).textContent = "Stop";
       $(button).classList.add("stop");
     } catch (err) {
@@ -83,7 +88,7 @@ async function sendingSession(stream, constraints, device, { setStatus, stop, se
 const cameraParams = () => ({ filter: $("filter").value, detect: $("detect").checked, conf_threshold: Number($("threshold").value) });
 
 const camera = panel({
-  button: "connect", status: "status", startLabel: "Start camera",
+  button: "connect", status: "status", startLabel: "Start camera", stats: "camera-rtc",
   onStopped: () => { $("local").srcObject = null; $("remote").srcObject = null; },
   async start(ctx) {
     const session = await sendingSession("/video", { video: { width: 640, height: 480 }, audio: false }, "camera", ctx, {
@@ -121,7 +126,7 @@ $("threshold").addEventListener("input", () => { $("threshold-value").textConten
 const generateParams = () => ({ fps: Number($("gen-fps").value), source: $("gen-source").value });
 
 const generated = panel({
-  button: "gen-connect", status: "gen-status", startLabel: "Start",
+  button: "gen-connect", status: "gen-status", startLabel: "Start", stats: "gen-rtc",
   onStopped: () => { $("gen-video").srcObject = null; },
   async start({ setStatus, stop }) {
     const session = await connect("/generate", {
@@ -171,7 +176,7 @@ function showChatReport(r) {
 }
 
 const chat = panel({
-  button: "chat-connect", status: "chat-status", startLabel: "Start talking",
+  button: "chat-connect", status: "chat-status", startLabel: "Start talking", stats: "chat-rtc", statsKind: "audio",
   onStopped: () => { $("chat-audio").srcObject = null; setTurnState("idle"); $("chat-state").textContent = "not connected"; },
   async start(ctx) {
     const constraints = { audio: { echoCancellation: true, noiseSuppression: true }, video: false };

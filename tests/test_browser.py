@@ -34,13 +34,19 @@ CHANNEL_SPREAD = """() => {
 
 
 @asynccontextmanager
-async def chromium_page(url: str, errors: list[str], extra_args: list[str] | None = None):
+async def chromium_page(
+    url: str, errors: list[str], extra_args: list[str] | None = None, viewport: dict[str, int] | None = None
+):
     """A fresh headless Chromium on `url`, collecting console errors."""
     ARTIFACTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as profile:
         async with async_playwright() as p:
             browser = await p.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS + (extra_args or [])
+                profile,
+                executable_path=CHROMIUM,
+                headless=True,
+                args=CHROMIUM_ARGS + (extra_args or []),
+                viewport=viewport or {"width": 1280, "height": 720},
             )
             try:
                 page = browser.pages[0] if browser.pages else await browser.new_page()
@@ -159,3 +165,32 @@ async def test_browser_keeps_sending_at_the_camera_resolution(server):
         assert samples[-1][2] >= 15, samples
         await page.click("#connect")
     assert errors == [], errors
+
+
+STRIP_VALUES = """(id) => Object.fromEntries([...document.querySelectorAll(`#${id} .rtc-stat`)].map(
+  (d) => [d.querySelector('.label').textContent, d.querySelector('.value').textContent]))"""
+
+
+async def test_stats_strip_on_a_phone_sized_screen(server):
+    """The strip shows the browser's own RTT, resolution, fps and bitrate, with a sparkline, and the
+    page fits a 375 px wide screen without sideways scrolling."""
+    errors: list[str] = []
+    async with chromium_page(server.base_url + "/", errors, viewport={"width": 375, "height": 812}) as page:
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 375
+        await page.click("#connect")
+        await page.wait_for_function(
+            "document.querySelector('#camera-rtc .rtc-stat:nth-child(3) .value')?.textContent.match(/^[0-9]+$/)",
+            timeout=20000,
+        )
+        await page.wait_for_timeout(4000)  # a few seconds of sparkline
+        values = await page.evaluate(STRIP_VALUES, "camera-rtc")
+        print(f"\nbrowser-side stats (camera panel): {values}")
+        assert values["RTT"].endswith(" ms") and float(values["RTT"].split()[0]) < 100, values
+        assert int(values["fps"]) >= 10, values
+        assert values["Resolution"] == "640×480", values
+        assert values["Bitrate"].endswith(" kbps") and float(values["Bitrate"].split()[0]) > 100, values
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 375
+        await page.locator("#camera").screenshot(path=str(ARTIFACTS / "camera-panel-phone.png"))
+        await page.click("#connect")
+        assert await page.is_hidden("#camera-rtc")
+    assert not errors, errors
