@@ -1,0 +1,141 @@
+"""Two server processes behind a real nginx using deploy/nginx's routing: every request about a
+session reaches the process that owns it, by the owner named in the session id."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.rtc_client import VideoClient, issue_session
+from tests.server_process import ROOT, ServerProcess, free_port
+from tests.ws_client import AudioSocketClient
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+pytestmark = pytest.mark.skipif(
+    not Path(NGINX).exists(), reason="nginx is not installed (make test installs it)"
+)
+
+CONF = """
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {tmp}/access.log;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    include {deploy}/routing.conf;
+    upstream rt_any {{ server 127.0.0.1:{a}; server 127.0.0.1:{b}; }}
+    upstream rt_a {{ server 127.0.0.1:{a}; }}
+    upstream rt_b {{ server 127.0.0.1:{b}; }}
+    server {{
+        listen 127.0.0.1:{port};
+        include {deploy}/locations.conf;
+    }}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[str, dict[str, ServerProcess]]]:
+    env = {"ASSISTANT_ENABLED": "false", "FORWARDED_ALLOW_IPS": "127.0.0.1"}
+    servers = {
+        name: ServerProcess(env={**env, "INSTANCE_ID": name}, log_name=f"proxy-{name}").start()
+        for name in "ab"
+    }
+    tmp = tempfile.mkdtemp(prefix="nginx-")
+    port = free_port()
+    conf = Path(tmp) / "nginx.conf"
+    conf.write_text(
+        CONF.format(
+            tmp=tmp, deploy=ROOT / "deploy" / "nginx", a=servers["a"].port, b=servers["b"].port, port=port
+        )
+    )
+    proc = subprocess.Popen([NGINX, "-p", tmp, "-c", str(conf), "-g", "daemon off;"], stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"nginx did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
+        time.sleep(0.1)
+    yield base, servers
+    proc.terminate()
+    proc.wait(5)
+    for server in servers.values():
+        server.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def active_video(server: ServerProcess) -> int:
+    return httpx.get(f"{server.base_url}/healthz").json()["streams"]["video"]
+
+
+async def test_sessions_are_routed_to_their_owner(cluster):
+    base, servers = cluster
+    ids = [await issue_session(base) for _ in range(6)]
+    owners = {webrtc_id.split(".")[0] for webrtc_id, _ in ids}
+    assert owners == {"a", "b"}, ids  # round-robin spreads new sessions over both processes
+    by_owner = {owner: next(i for i, _ in ids if i.startswith(owner + ".")) for owner in "ab"}
+    clients = {o: VideoClient(base, webrtc_id=i, width=320, height=240) for o, i in by_owner.items()}
+    try:
+        for client in clients.values():
+            await client.connect()  # the offer goes through the proxy
+            await client.wait_frames(10)
+        assert active_video(servers["a"]) == 1 and active_video(servers["b"]) == 1
+        for owner, client in clients.items():
+            resp = await client.set_input(filter="gray" if owner == "a" else "edges")
+            assert resp.status_code == 200, resp.text
+        for owner, client in clients.items():  # outputs through the proxy come from the owner
+            url = f"{base}/video/outputs?webrtc_id={client.webrtc_id}"
+            seen = []
+            async with httpx.AsyncClient(timeout=10) as http, http.stream("GET", url) as resp:
+                assert resp.status_code == 200
+                async for line in resp.aiter_lines():
+                    if line.startswith("data:"):
+                        seen.append(json.loads(line[5:])["params"]["filter"])
+                        if seen[-1] == ("gray" if owner == "a" else "edges") or len(seen) > 20:
+                            break
+            assert seen[-1] == ("gray" if owner == "a" else "edges"), (owner, seen)
+    finally:
+        for client in clients.values():
+            await client.close()
+
+
+async def test_websocket_sessions_go_through_the_proxy_to_their_owner(cluster):
+    base, servers = cluster
+    webrtc_id, _ = await issue_session(base)
+    owner = servers[webrtc_id.split(".")[0]]
+    url = f"{base.replace('http', 'ws')}/chat/websocket/offer?webrtc_id={webrtc_id}"
+    async with AudioSocketClient(url, session_id=webrtc_id) as client:
+        await client.start()
+        await client.speak(None, seconds_of_silence=0.3)
+        assert httpx.get(f"{owner.base_url}/healthz").json()["streams"]["chat"] == 1
+        resp = httpx.post(
+            f"{base}/chat/input?webrtc_id={webrtc_id}", json={"webrtc_id": webrtc_id, "mode": "echo"}
+        )
+        assert resp.status_code == 200, resp.text
+        assert not [m for _, m in client.events if m.get("event") == "error"], client.events
+
+
+def test_a_process_refuses_sessions_it_does_not_own(cluster):
+    _, servers = cluster
+    foreign = asyncio.run(issue_session(servers["b"].base_url))[0]
+    resp = httpx.post(f"{servers['a'].base_url}/video/input", json={"webrtc_id": foreign})
+    assert resp.status_code == 421 and resp.json()["meta"]["error"] == "wrong_instance"
