@@ -139,3 +139,49 @@ def test_a_process_refuses_sessions_it_does_not_own(cluster):
     foreign = asyncio.run(issue_session(servers["b"].base_url))[0]
     resp = httpx.post(f"{servers['a'].base_url}/video/input", json={"webrtc_id": foreign})
     assert resp.status_code == 421 and resp.json()["meta"]["error"] == "wrong_instance"
+
+
+def test_compose_configs_are_accepted_by_nginx_and_coturn(tmp_path):
+    """deploy/nginx/nginx.conf (with a throwaway certificate) passes `nginx -t`; coturn starts with
+    deploy/turnserver.conf."""
+    deploy = ROOT / "deploy"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test",
+         "-keyout", tmp_path / "privkey.pem", "-out", tmp_path / "fullchain.pem"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    conf = (deploy / "nginx" / "nginx.conf").read_text()
+    conf = conf.replace("/etc/nginx/rtserver/", f"{deploy}/nginx/").replace(
+        "/etc/nginx/certs/", f"{tmp_path}/"
+    )
+    conf = conf.replace("worker_processes auto;", f"worker_processes 1;\npid {tmp_path}/nginx.pid;")
+    (tmp_path / "nginx.conf").write_text(conf)
+    result = subprocess.run(
+        [
+            NGINX,
+            "-t",
+            "-p",
+            str(tmp_path),
+            "-c",
+            str(tmp_path / "nginx.conf"),
+            "-g",
+            f"error_log {tmp_path}/e.log;",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    if shutil.which("turnserver") is None:
+        return
+    port = free_port()
+    turn = subprocess.Popen(
+        ["turnserver", "-c", str(deploy / "turnserver.conf"), "--static-auth-secret=s", "--listening-ip=127.0.0.1",
+         f"--listening-port={port}", "--realm=test", f"--pidfile={tmp_path}/turn.pid", f"--userdb={tmp_path}/db"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        time.sleep(1.5)
+        assert turn.poll() is None, turn.stdout.read().decode() if turn.stdout else ""
+    finally:
+        turn.terminate()
+        turn.wait(5)
