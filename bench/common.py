@@ -30,8 +30,11 @@ def machine() -> str:
     return f"{psutil.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.platform()}"
 
 
-def start_server(kind: str, handler: str = "pass", skip_frames: bool = False, fps: int = 30) -> ServerProcess:
+def start_server(
+    kind: str, handler: str = "pass", skip_frames: bool = False, fps: int = 30, **extra_env: str
+) -> ServerProcess:
     env = {
+        **extra_env,
         "BENCH_SERVER": kind,
         "BENCH_HANDLER": handler,
         "BENCH_SKIP_FRAMES": "1" if skip_frames else "0",

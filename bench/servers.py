@@ -211,7 +211,7 @@ def ours_app(handler_name: str) -> FastAPI:
     filters = dict(FILTERS)
     if handler_name == "slow200":
         filters["slow200"] = FrameFilter(make_handler("slow200"))
-    return create_app(Settings(video_concurrency_limit=64), video_filters=filters)
+    return create_app(Settings(video_concurrency_limit=64, chat_concurrency_limit=64), video_filters=filters)
 
 
 def app() -> FastAPI:
