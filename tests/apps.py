@@ -25,3 +25,22 @@ def explode(frame: np.ndarray) -> np.ndarray:
 def app_with_test_filters() -> FastAPI:
     filters = {**FILTERS, "slow200": FrameFilter(slow_200ms), "explode": FrameFilter(explode)}
     return create_app(Settings(), video_filters=filters)
+
+
+def app_with_gated_assistant() -> FastAPI:
+    """The assistant's models 'load' until the file named by READY_GATE exists, then fail (so the
+    test needs no real model load): readiness must follow the loading state."""
+    import os
+    from pathlib import Path
+
+    import streams.assistant
+
+    gate = Path(os.environ["READY_GATE"])
+
+    def gated_load(**_: object) -> streams.assistant.AssistantResponder:
+        while not gate.exists():
+            time.sleep(0.05)
+        raise RuntimeError("no models in this test")
+
+    streams.assistant.load_assistant = gated_load  # type: ignore[assignment]
+    return create_app(Settings())

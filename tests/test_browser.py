@@ -151,7 +151,7 @@ async def test_browser_keeps_sending_at_the_camera_resolution(server):
         await page.click("#connect")
         await page.wait_for_function("document.getElementById('remote').videoWidth > 0", timeout=20000)
         samples = []
-        for _ in range(5):
+        for _ in range(6):  # 30 s
             await page.wait_for_timeout(5000)
             samples.append(
                 await page.evaluate(
