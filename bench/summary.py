@@ -57,7 +57,7 @@ def main() -> None:
         "# Benchmark summary",
         "",
         "Written by `make bench` (`python -m bench.summary` alone rebuilds it from the latest results).",
-        "Every figure comes with a baseline measured in the same run on the same machine.",
+        "Each table compares against its baselines measured in the same run, on this machine; the dates say when each ran.",
         "",
         "## Machine",
         "",
