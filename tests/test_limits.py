@@ -14,6 +14,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 
 from tests.rtc_client import ReceiveClient, VideoClient, pin_loopback
 from tests.server_process import ServerProcess
+from tests.test_chat_rtc import wait_until
 from tests.ws_client import AudioSocketClient
 
 
@@ -39,15 +40,6 @@ def limits_server() -> Iterator[ServerProcess]:
 
 def active(server: ServerProcess) -> dict[str, int]:
     return httpx.get(f"{server.base_url}/healthz").json()["streams"]
-
-
-async def wait_until(predicate, timeout: float) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.1)
-    return predicate()
 
 
 async def unanswered_offer(
