@@ -4,6 +4,7 @@ no threads, no slots, and little memory."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import pytest
 from tests.server_process import ROOT, ServerProcess
 from tests.test_metrics import scrape, value
 
-WAVES = 15
+WAVES = int(os.environ.get("SOAK_WAVES", "15"))  # more for a longer soak by hand
 PER_WAVE = (8, 6, 6)  # video WebRTC, chat WebRTC, chat WebSocket: 20 sessions a wave, 300 in all
 
 
@@ -107,10 +108,13 @@ def test_300_sessions_killed_abruptly_leave_nothing_behind(soak_server):
     # per video session: our worker and aiortc's decoder thread; both must be gone
     assert value(scrape(soak_server), "rt_threads", pool="video") == 0
     assert threads <= threads_before + 6  # bounded shared pools (aiortc codecs use asyncio's) may grow
-    # Memory rises to the high-water mark of ~40 concurrent sessions and stays there (allocator);
-    # a leak would keep climbing: the last third of the waves may add little.
+    # Memory rises towards the high-water mark of ~40 concurrent sessions and levels off (the
+    # allocator keeps what it got); a leak climbs at a steady rate. Measured over 25 waves: +160 MB in
+    # the first 9, +25 MB in the next 16. So the last third of the waves must add well under half of
+    # what the first third did.
     third = WAVES // 3
-    assert rss_trace[-1] - rss_trace[-third - 1] < 30, rss_trace
+    first, last = rss_trace[third - 1] - rss_before, rss_trace[-1] - rss_trace[-third - 1]
+    assert last < first / 2, rss_trace
     assert rss_after - rss_before < 300
     health = httpx.get(f"{soak_server.base_url}/healthz").json()
     assert all(n == 0 for n in health["streams"].values()), health
