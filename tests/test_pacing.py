@@ -62,5 +62,9 @@ async def test_a_slow_source_degrades_to_its_own_rate_without_bursts():
     track.stop()
     assert 15 <= len(frames) / 2.0 <= 21
     intervals = [b - a for (a, _), (b, _) in zip(after, after[1:], strict=False)]
-    assert min(intervals) > 0.8 / 60, f"burst: frames {min(intervals) * 1000:.1f} ms apart"
+    # A catch-up burst sends owed frames back to back (~0 ms apart) and more than 60 fps overall; a
+    # frame that a loaded machine delivers a few ms late is followed by one a few ms early (12.5 ms
+    # was seen on CI), which is scheduling jitter, not a burst.
+    assert min(intervals) > 0.5 / 60, f"burst: frames {min(intervals) * 1000:.1f} ms apart"
+    assert len(after) <= 0.5 * 60 + 2, f"{len(after)} frames in 0.5 s at 60 fps: catching up"
     assert track.late_restarts > 0
