@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from server.config import Settings
 from tests.rtc_client import VideoClient, issue_session
 from tests.server_process import ROOT, ServerProcess, free_port
 from tests.ws_client import AudioSocketClient
@@ -185,3 +187,39 @@ def test_compose_configs_are_accepted_by_nginx_and_coturn(tmp_path):
     finally:
         turn.terminate()
         turn.wait(5)
+
+
+def test_compose_wires_apps_proxy_and_turn_together():
+    """deploy/compose.yaml: each app's settings (its command line wins over HOST/PORT) are valid, it
+    listens on loopback where nginx's upstream rt_<INSTANCE_ID> points and where its HEALTHCHECK
+    (PORT) looks, and it mints TURN credentials from the secret coturn is given, for coturn's port."""
+    yaml = pytest.importorskip("yaml")
+    deploy = ROOT / "deploy"
+    compose = yaml.safe_load((deploy / "compose.yaml").read_text())["services"]
+    nginx = (deploy / "nginx" / "nginx.conf").read_text()
+    upstreams = {
+        name: re.findall(r"server ([\d.]+:\d+);", body)
+        for name, body in re.findall(r"upstream (\w+)\s*\{([^}]*)\}", nginx)
+    }
+    turn_port = re.search(r"^listening-port=(\d+)$", (deploy / "turnserver.conf").read_text(), re.M)
+    assert turn_port, "turnserver.conf sets no listening-port"
+    assert "--static-auth-secret=${TURN_SECRET}" in compose["turn"]["command"]
+    apps = {name: svc for name, svc in compose.items() if svc.get("build")}
+    assert len(apps) >= 2
+    addresses = []
+    for name, svc in apps.items():
+        cmd = [str(a) for a in svc["command"]]
+        assert cmd[:3] == ["python", "-m", "server"], name
+        env = {k: str(v).replace("${PUBLIC_HOST}", "media.example.com").replace("${TURN_SECRET}", "s" * 32)
+               for k, v in svc["environment"].items()}  # fmt: skip
+        options = dict(zip(cmd[3::2], cmd[4::2], strict=True))
+        given = {k.lower(): v for k, v in env.items()}
+        settings = Settings(**{**given, "host": options["--host"], "port": options["--port"]})
+        address = f"{settings.host}:{settings.port}"
+        assert settings.host == "127.0.0.1", f"{name} would be reachable around the proxy"
+        assert env["PORT"] == str(settings.port), f"{name}: the HEALTHCHECK would probe another port"
+        assert upstreams[f"rt_{settings.instance_id}"] == [address], name
+        assert settings.turn_shared_secret == "s" * 32 and settings.ice_transport_policy == "relay"
+        assert all(f":{turn_port.group(1)}" in url for url in settings.turn_urls), settings.turn_urls
+        addresses.append(address)
+    assert sorted(upstreams["rt_any"]) == sorted(addresses)
