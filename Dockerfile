@@ -3,6 +3,8 @@
 # GPU image:  docker build --target gpu -t rtserver:gpu .   (run with --gpus all)
 # Everything the server needs is baked in: the detector in models/, Whisper tiny.en and the Piper
 # voice as pip wheels, espeak-ng for the fallback voice. Nothing is downloaded at start.
+# The CMD's --host/--port win over HOST/PORT: to serve on another port, override the command and
+# set PORT too (the HEALTHCHECK probes 127.0.0.1:$PORT), as deploy/compose.yaml does.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
