@@ -167,6 +167,16 @@ async def test_browser_keeps_sending_at_the_camera_resolution(server):
     assert errors == [], errors
 
 
+# How many pixel columns of the sparkline canvas have something drawn in them.
+SPARKLINE_COLUMNS = """(sel) => {
+  const c = document.querySelector(sel); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let x = 0; x < c.width; x++) {
+    for (let y = 0; y < c.height - 1; y++) { if (d[(y * c.width + x) * 4 + 3] > 0) { n++; break; } }
+  }
+  return n;
+}"""
+
 STRIP_VALUES = """(id) => Object.fromEntries([...document.querySelectorAll(`#${id} .rtc-stat`)].map(
   (d) => [d.querySelector('.label').textContent, d.querySelector('.value').textContent]))"""
 
@@ -190,7 +200,10 @@ async def test_stats_strip_on_a_phone_sized_screen(server):
         assert values["Resolution"] == "640×480", values
         assert values["Bitrate"].endswith(" kbps") and float(values["Bitrate"].split()[0]) > 100, values
         assert await page.evaluate("document.documentElement.scrollWidth") <= 375
+        drawn = await page.evaluate(SPARKLINE_COLUMNS, "#camera-rtc canvas")
+        assert drawn > 80, f"the sparkline covers only {drawn} of 120 columns"
         await page.locator("#camera").screenshot(path=str(ARTIFACTS / "camera-panel-phone.png"))
+        await page.locator("#camera-rtc").screenshot(path=str(ARTIFACTS / "stats-strip.png"))
         await page.click("#connect")
         assert await page.is_hidden("#camera-rtc")
     assert not errors, errors
