@@ -141,11 +141,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         drain.install()
+        ice_refresher = asyncio.create_task(ice.keep_fresh(), name="turn-provider-refresh")
         logger.info(
             "server ready: instance %s, streams %s, access token %s",
             settings.instance_id, ", ".join(app.state.streams), "required" if access.required else "off",
         )  # fmt: skip
         yield
+        ice_refresher.cancel()
         await drain.finish()
         detect_executor.shutdown(wait=False, cancel_futures=True)
         logger.info("server stopped")

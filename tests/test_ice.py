@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import shutil
 import subprocess
+import threading
 import time
 
 import pytest
 
 from server import ice
 from server.config import Settings
-from server.ice import IceConfig, turn_rest_credentials
+from server.ice import IceConfig, provider_ice_servers, turn_rest_credentials
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
@@ -95,3 +98,80 @@ def test_no_provider_call_unless_configured():
 def test_half_configured_turn_fails_at_start(env, complaint):
     with pytest.raises(ValueError, match=complaint):
         Settings(**env)
+
+
+def test_provider_answers_become_clean_ice_servers():
+    twilio_like = {
+        "iceServers": [
+            {"url": "stun:global.stun.twilio.com:3478", "urls": "stun:global.stun.twilio.com:3478"},
+            {"url": "turn:global.turn.twilio.com:3478?transport=udp", "username": "u", "credential": "c"},
+        ],
+        "iceTransportPolicy": "relay",
+    }
+    assert provider_ice_servers(twilio_like) == [
+        {"urls": "stun:global.stun.twilio.com:3478"},
+        {"urls": "turn:global.turn.twilio.com:3478?transport=udp", "username": "u", "credential": "c"},
+    ]
+    single = {"iceServers": {"urls": ["turn:turn.cloudflare.com:3478"], "username": "u", "credential": "c"}}
+    assert provider_ice_servers(single) == [single["iceServers"]]
+    assert provider_ice_servers({}) == []
+
+
+def test_cloudflare_keys_win_over_an_ambient_hf_token(monkeypatch):
+    """fastrtc's helper prefers HF_TOKEN from the environment over the keys it is given."""
+    import fastrtc
+
+    seen: dict = {}
+
+    def fake(**kwargs: object) -> dict:
+        seen.update(kwargs)
+        return {"iceServers": [{"urls": "turn:cf:3478", "username": "u", "credential": "c"}]}
+
+    monkeypatch.setattr(fastrtc, "get_cloudflare_turn_credentials", fake)
+    monkeypatch.setenv("HF_TOKEN", "hf_from_the_environment")
+    settings = Settings(turn_provider="cloudflare", cloudflare_turn_key_id="k", cloudflare_turn_api_token="t")
+    config = IceConfig(settings).client_configuration()
+    assert config["iceServers"] == [{"urls": "turn:cf:3478", "username": "u", "credential": "c"}]
+    assert seen == {"turn_key_id": "k", "turn_key_api_token": "t", "hf_token": "", "ttl": 3600}
+
+
+async def test_server_refreshes_the_provider_off_the_event_loop():
+    """With `keep_fresh` running, requests and offers read the cache and never call the provider."""
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+
+    def fetch() -> dict:
+        threads.append(threading.get_ident())
+        return {"iceServers": [{"urls": "turn:provider:3478", "username": "x", "credential": "y"}]}
+
+    config = IceConfig(Settings(turn_credential_ttl_s=600), fetch_provider=fetch)
+    task = asyncio.create_task(config.keep_fresh())
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if threads:
+                break
+        assert config.server_configuration()["iceServers"][0]["urls"] == "turn:provider:3478"
+        config._provider_cache = (0.0, config._provider_cache[1])  # due: still no call from here
+        config.client_configuration()
+        assert len(threads) == 1 and threads[0] != loop_thread
+    finally:
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert not config._refreshed_in_background
+
+
+def test_server_credentials_never_outlive_the_providers(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(ice.time, "monotonic", lambda: clock[0])
+    names = iter(f"turn:provider-{i}:3478" for i in range(10))
+    config = IceConfig(
+        Settings(turn_credential_ttl_s=600), fetch_provider=lambda: {"iceServers": [{"urls": next(names)}]}
+    )
+    config.refresh_provider()  # fetched at 1000, good for use until 1300
+    clock[0] = 1200
+    assert config.server_configuration()["iceServers"][0]["urls"] == "turn:provider-0:3478"
+    config.refresh_provider()  # fetched at 1200
+    clock[0] = 1301  # the cached server configuration holds provider-0's credentials: renewed
+    assert config.server_configuration()["iceServers"][0]["urls"] == "turn:provider-1:3478"
