@@ -19,7 +19,7 @@ from aiortc.rtcicetransport import RTCIceGatherer
 from server.ice import turn_rest_credentials
 from tests.rtc_client import VideoClient, issue_session
 from tests.server_process import ROOT, ServerProcess, free_port
-from tests.test_browser import ARTIFACTS, COUNT_FRAMES, chromium_page
+from tests.test_browser import ARTIFACTS, COUNT_FRAMES, STRIP_VALUES, chromium_page
 
 pytestmark = pytest.mark.skipif(shutil.which("turnserver") is None, reason="coturn is not installed")
 
@@ -149,19 +149,40 @@ async def test_wrong_shared_secret_gathers_no_relay(secret_turn):
     await gatherer._connection.close()
 
 
+async def browser_relay_session(server: ServerProcess, screenshot: str) -> None:
+    """The camera panel, relay-only as the server's configuration says: frames advance, the selected
+    candidate pair is a relay one, and the console stays clean."""
+    errors: list[str] = []
+    async with chromium_page(server.base_url + "/", errors) as page:
+        await page.click("#connect")
+        await page.wait_for_function("document.getElementById('remote').videoWidth > 0", timeout=30000)
+        assert await page.evaluate(COUNT_FRAMES, "remote") > 15
+        pair_type = await page.evaluate(SELECTED_PAIR_TYPE, "/video")
+        assert pair_type == "relay", pair_type
+        await page.wait_for_function(
+            "document.querySelector('#camera-rtc .rtc-stat.rtt .value')?.textContent.endsWith(' ms')",
+            timeout=10000,
+        )
+        print(f"\nthrough coturn ({screenshot}): {await page.evaluate(STRIP_VALUES, 'camera-rtc')}")
+        await page.screenshot(path=str(ARTIFACTS / screenshot))
+    assert not errors, errors
+
+
+async def test_browser_relay_only_with_shared_secret_credentials(secret_turn):
+    server = relay_server(secret_turn, "turn-browser-secret", turn_shared_secret=SECRET)
+    try:
+        before = secret_turn.allocations()
+        await browser_relay_session(server, "camera-panel-relay-secret.png")
+        assert secret_turn.allocations() >= before + 2  # the browser's and the server's own
+    finally:
+        server.stop()
+
+
 async def test_browser_relay_only_and_wrong_credentials_message(static_turn):
     good = relay_server(static_turn, "turn-browser", turn_username="alice", turn_credential="wonderland")
     bad = relay_server(static_turn, "turn-browser-bad", turn_username="alice", turn_credential="wrong")
     try:
-        errors: list[str] = []
-        async with chromium_page(good.base_url + "/", errors) as page:
-            await page.click("#connect")
-            await page.wait_for_function("document.getElementById('remote').videoWidth > 0", timeout=30000)
-            assert await page.evaluate(COUNT_FRAMES, "remote") > 15
-            pair_type = await page.evaluate(SELECTED_PAIR_TYPE, "/video")
-            assert pair_type == "relay", pair_type
-            await page.screenshot(path=str(ARTIFACTS / "camera-panel-relay.png"))
-        assert not errors, errors
+        await browser_relay_session(good, "camera-panel-relay.png")
         async with chromium_page(bad.base_url + "/", []) as page:
             await page.click("#connect")
             await page.wait_for_function(
