@@ -173,25 +173,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", default="1,2,4,6,8,10,12")
     parser.add_argument("--chat-steps", default="1,4,8,16,24")
+    parser.add_argument(
+        "--servers",
+        default="ours,stock",
+        help="video servers to compare; add raw (raw aiortc echo, +1.5 min)",
+    )
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--warmup", type=float, default=3)
     args = parser.parse_args()
     steps = [int(s) for s in args.steps.split(",")]
+    kinds = [k for k in args.servers.split(",") if k]
     video_rows = []
-    for kind in ("ours", "stock"):
+    for kind in kinds:
         video_rows += asyncio.run(video_scale(kind, steps, args.warmup, args.seconds))
     chat_steps = [int(s) for s in args.chat_steps.split(",")]
     chat_rows = asyncio.run(chat_scale("ours", chat_steps, args.seconds))
     chat_rows += asyncio.run(chat_scale("stock-chat", [s for s in chat_steps if s <= 4], args.seconds))
     plot(video_rows)
     held = {k: max([r["sessions"] for r in video_rows if r["server"] == k and r["holds"] == "yes"], default=0)
-            for k in ("ours", "stock")}  # fmt: skip
+            for k in kinds}  # fmt: skip
     md = "## Video, 640x480 30 fps pass-through\n\n" + table(
         video_rows,
         ["server", "sessions", "min_fps", "median_fps", "median_ms", "worst_p95_ms", "server_cpu_pct", "rss_mb",
          "mb_per_session", "holds"],
     )  # fmt: skip
-    md += f"\n\nMost sessions holding >= 28 fps and p95 < 150 ms: ours {held['ours']}, stock {held['stock']}."
+    md += "\n\nMost sessions holding >= 28 fps and p95 < 150 ms: " + ", ".join(
+        f"{k} {v}" for k, v in held.items()
+    )
+    md += "."
     md += "\n\n## Chat over WebRTC (echo)\n\n" + table(
         chat_rows,
         ["server", "activity", "sessions", "server_cpu_pct", "cpu_pct_per_session", "mb_per_session",

@@ -4,16 +4,19 @@ benchmark's latest table (each written by its own script to bench/results/<name>
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import re
 import subprocess
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import psutil
 
-from bench.common import RESULTS
+from bench.common import RESULTS, table
 
 ORDER = ["video", "slow", "scale", "generate", "turns", "detection"]
 PACKAGES = ["fastrtc", "aiortc", "aioice", "av", "onnxruntime", "opencv-python-headless", "numpy", "uvicorn"]
@@ -52,6 +55,151 @@ def machine_description() -> str:
     )
 
 
+COLUMN = {"ours": "ours", "stock": "stock fastrtc", "raw": "raw aiortc"}
+
+
+def load(name: str) -> list[dict[str, Any]]:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text())["rows"] if path.exists() else []
+
+
+def pick(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any]:
+    return next(r for r in rows if all(r.get(k) == v for k, v in match.items()))
+
+
+def video_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def ms(server: str, handler: str) -> str:
+        r = pick(rows, server=server, handler=handler, size="640x480")
+        return f"{r['median_ms']} / {r['p95_ms']} ms, {r['fps']} fps"
+
+    return [
+        {
+            "benchmark": "video",
+            "measure": f"640x480 {h}: median / p95 round trip, fps",
+            "ours": ms("ours", h),
+            "stock fastrtc": ms("stock", h),
+            "raw aiortc": ms("raw", h),
+        }
+        for h in ("pass", "cartoon", "detect")
+    ]
+
+
+def slow_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def last(server: str) -> str:
+        r = pick(rows, server=server)
+        return f"{r['last_p50_ms']} ms, RSS +{r['rss_growth_mb']} MB"
+
+    return [
+        {
+            "benchmark": "slow",
+            "measure": "200 ms handler, after 60 s: p50 latency, RSS growth",
+            "ours": last("ours"),
+            "stock fastrtc": f"{last('stock')} ({last('stock skip_frames')} with skip_frames)",
+        }
+    ]
+
+
+def scale_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    held = next(r["held"] for r in rows if "held" in r)
+
+    def idle(server: str) -> str:
+        r = max(
+            (r for r in rows if r.get("server") == server and r.get("activity") == "idle"),
+            key=lambda r: r["sessions"],
+        )
+        return f"{r['cpu_pct_per_session']}% at {r['sessions']} sessions"
+
+    lines = [
+        {
+            "benchmark": "scale",
+            "measure": "640x480 30 fps sessions holding >= 28 fps, p95 < 150 ms",
+            **{COLUMN.get(k, k): v for k, v in held.items()},
+        }
+    ]
+    with contextlib.suppress(ValueError):
+        lines.append(
+            {
+                "benchmark": "scale",
+                "measure": "idle chat session: server CPU of a core",
+                "ours": idle("ours"),
+                "stock fastrtc": idle("stock-chat"),
+            }
+        )
+    return lines
+
+
+def generate_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def at30(prefix: str) -> str:
+        r = next(r for r in rows if r["server"].startswith(prefix) and r["target_fps"] == 30)
+        return f"{r['delivered_fps']} fps, peak {r['peak_fps_after_input']}"
+
+    return [
+        {
+            "benchmark": "generate",
+            "measure": "30 fps target: delivered, peak over 0.25 s after an input",
+            "ours": at30("ours"),
+            "stock fastrtc": at30("stock"),
+        }
+    ]
+
+
+def turns_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    ours = pick(rows, server="ours", mode="echo", transport="webrtc")
+    stock = pick(rows, server="stock ReplyOnPause", mode="echo", transport="webrtc")
+    extra = next((r for r in rows if "ours_idle_cpu_pct" in r), {})
+    lines = [
+        {
+            "benchmark": "turns",
+            "measure": "echo over WebRTC: end of speech to first reply audio (median)",
+            "ours": f"{ours['median_ms']} ms",
+            "stock fastrtc": f"{stock['median_ms']} ms",
+        }
+    ]
+    if extra:
+        lines.append(
+            {
+                "benchmark": "turns",
+                "measure": "idle voice session: server CPU of a core",
+                "ours": f"{extra['ours_idle_cpu_pct']}%",
+                "stock fastrtc": f"{extra['stock_idle_cpu_pct']}%",
+            }
+        )
+    return lines
+
+
+def detection_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "benchmark": "detection",
+            "measure": f"{r['model']} at {r['threads']} thread(s): median ms, max fps",
+            "ours": f"{r['median_ms']} ms, {r['max_fps']} fps",
+        }
+        for r in rows
+    ]
+
+
+HEADLINES: dict[str, Callable[[list[dict[str, Any]]], list[dict[str, Any]]]] = {
+    "video": video_lines,
+    "slow": slow_lines,
+    "scale": scale_lines,
+    "generate": generate_lines,
+    "turns": turns_lines,
+    "detection": detection_lines,
+}
+
+
+def headlines() -> str:
+    """One row per headline figure, read from the JSON results (a missing or older result is skipped)."""
+    lines = []
+    for name, build in HEADLINES.items():
+        with contextlib.suppress(KeyError, StopIteration, TypeError, ValueError):
+            lines += build(load(name))
+    if not lines:
+        return "(no results yet)"
+    columns = ["benchmark", "measure", "ours", "stock fastrtc", "raw aiortc"]
+    return table([{c: r.get(c, "") for c in columns} for r in lines], columns)
+
+
 def main() -> None:
     parts = [
         "# Benchmark summary",
@@ -62,6 +210,12 @@ def main() -> None:
         "## Machine",
         "",
         machine_description(),
+        "",
+        "## Headlines",
+        "",
+        headlines(),
+        "",
+        "Details of each benchmark follow (its own bench/results/<name>.md).",
     ]
     for name in ORDER:
         path = RESULTS / f"{name}.md"
@@ -69,7 +223,10 @@ def main() -> None:
             parts += ["", f"## {name}", "", "(not run yet)"]
             continue
         body = path.read_text().strip().splitlines()
-        parts += ["", f"## {name}", "", *[re.sub(r"^(#+) ", r"#\1# ", line) for line in body[1:]]]
+        body = body[1:]
+        while body and not body[0].strip():  # the title line is replaced by ours
+            body = body[1:]
+        parts += ["", f"## {name}", "", *[re.sub(r"^(#+) ", r"#\1# ", line) for line in body]]
     (RESULTS / "SUMMARY.md").write_text("\n".join(parts) + "\n")
     print(f"wrote {RESULTS / 'SUMMARY.md'}")
 
