@@ -10,9 +10,8 @@ from tests.server_process import ServerProcess
 @pytest.fixture(scope="session")
 def server() -> Iterator[ServerProcess]:
     """The real server, started the way a user does (`python -m server`), shared by the session."""
-    proc = ServerProcess(log_name="server").start()
-    yield proc
-    proc.stop()
+    with ServerProcess(log_name="server") as proc:
+        yield proc
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +19,7 @@ def test_server() -> Iterator[ServerProcess]:
     """The server with extra test filters (`slow200`: 200 ms per frame; `explode`: raises),
     a default filter of `mirror`, a limit of 3 video sessions, 2 chat sessions of at most 4 s,
     and Twilio signature checks."""
-    proc = ServerProcess(
+    with ServerProcess(
         args=["--factory", "tests.apps:app_with_test_filters"],
         env={
             "VIDEO_CONCURRENCY_LIMIT": "3",
@@ -30,6 +29,5 @@ def test_server() -> Iterator[ServerProcess]:
             "TWILIO_AUTH_TOKEN": "test-token",
         },
         log_name="test-server",
-    ).start()
-    yield proc
-    proc.stop()
+    ) as proc:
+        yield proc

@@ -69,6 +69,12 @@ class ServerProcess:
         self.stop()
         raise TimeoutError(f"server did not become healthy: {self.log_path.read_text()[-3000:]}")
 
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def rss_mb(self) -> float:
         assert self.proc is not None
         import psutil

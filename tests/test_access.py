@@ -23,7 +23,7 @@ GOOD_ORIGIN = "https://good.example"
 
 @pytest.fixture(scope="module")
 def auth_server() -> Iterator[ServerProcess]:
-    proc = ServerProcess(
+    with ServerProcess(
         env={
             "AUTH_TOKEN": TOKEN,
             "ALLOWED_ORIGINS": GOOD_ORIGIN,
@@ -32,9 +32,8 @@ def auth_server() -> Iterator[ServerProcess]:
             "ASSISTANT_ENABLED": "false",
         },
         log_name="auth-server",
-    ).start()
-    yield proc
-    proc.stop()
+    ) as proc:
+        yield proc
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -15,12 +15,11 @@ TOKEN = "browser-access-token"
 
 @pytest.fixture(scope="module")
 def guarded_server() -> Iterator[ServerProcess]:
-    proc = ServerProcess(
+    with ServerProcess(
         env={"AUTH_TOKEN": TOKEN, "GENERATE_TIME_LIMIT_S": "4", "ASSISTANT_ENABLED": "false"},
         log_name="guarded-server",
-    ).start()
-    yield proc
-    proc.stop()
+    ) as proc:
+        yield proc
 
 
 async def test_page_asks_for_the_token_then_reports_the_time_limit(guarded_server):

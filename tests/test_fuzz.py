@@ -35,12 +35,11 @@ CLOSES: collections.Counter[int | None] = collections.Counter()
 
 @pytest.fixture(scope="module")
 def fuzz_server() -> Iterator[ServerProcess]:
-    proc = ServerProcess(
+    with ServerProcess(
         env={"PENDING_OFFER_TIMEOUT_S": "3", "ASSISTANT_ENABLED": "false", "LOG_LEVEL": "warning"},
         log_name="fuzz-server",
-    ).start()
-    yield proc
-    proc.stop()
+    ) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,8 @@ from tests.server_process import ROOT, ServerProcess
 
 @pytest.fixture(scope="module")
 def fast_dead_peer_server():
-    proc = ServerProcess(env={"ICE_DEAD_PEER_TIMEOUT_S": "3"}, log_name="dead-peer").start()
-    yield proc
-    proc.stop()
+    with ServerProcess(env={"ICE_DEAD_PEER_TIMEOUT_S": "3"}, log_name="dead-peer") as proc:
+        yield proc
 
 
 @pytest.mark.parametrize("kind", ["generate", "video"])

@@ -20,7 +20,7 @@ from tests.ws_client import AudioSocketClient
 
 @pytest.fixture(scope="module")
 def limits_server() -> Iterator[ServerProcess]:
-    proc = ServerProcess(
+    with ServerProcess(
         env={
             "MAX_SESSIONS": "3",
             "MAX_PENDING_OFFERS": "2",
@@ -33,9 +33,8 @@ def limits_server() -> Iterator[ServerProcess]:
             "ASSISTANT_ENABLED": "false",
         },
         log_name="limits-server",
-    ).start()
-    yield proc
-    proc.stop()
+    ) as proc:
+        yield proc
 
 
 def active(server: ServerProcess) -> dict[str, int]:

@@ -22,7 +22,7 @@ PER_WAVE = (8, 6, 6)  # video WebRTC, chat WebRTC, chat WebSocket: 20 sessions a
 
 @pytest.fixture(scope="module")
 def soak_server() -> Iterator[ServerProcess]:
-    proc = ServerProcess(
+    with ServerProcess(
         env={
             "VIDEO_CONCURRENCY_LIMIT": "40",
             "CHAT_CONCURRENCY_LIMIT": "60",
@@ -32,9 +32,8 @@ def soak_server() -> Iterator[ServerProcess]:
             "LOG_LEVEL": "warning",
         },
         log_name="soak-server",
-    ).start()
-    yield proc
-    proc.stop()
+    ) as proc:
+        yield proc
 
 
 def wave(server: ServerProcess) -> float:
