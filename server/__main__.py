@@ -1,4 +1,4 @@
-"""`python -m server --host 127.0.0.1 --port 8000`"""
+"""`python -m server --host 127.0.0.1 --port 8000 [--streams my_app:stream]`"""
 
 from __future__ import annotations
 
@@ -24,24 +24,50 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="serve /chat on a temporary phone number with fastrtc's fastphone (needs internet and HF_TOKEN)",
     )
+    parser.add_argument(
+        "--streams",
+        action="append",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="also serve these streams.Stream objects (ATTR: a Stream or a list), imported from the "
+        "working directory; each at /NAME/... (repeatable)",
+    )
     args = parser.parse_args(argv)
     if args.phone:
         token = phone_preflight()
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "phone"}
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("phone", "streams")}
     settings = Settings(**overrides)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from server.app import create_app
+    from server.user_streams import StartupError, load_streams
 
-    app = create_app(settings)
+    try:
+        user_streams = [stream for spec in args.streams for stream in load_streams(spec)]
+        app = create_app(settings, streams=user_streams)
+    except StartupError as exc:
+        sys.exit(f"error: {exc}")
+    for stream in user_streams:
+        print(
+            f"Serving your stream {stream.name!r} ({stream.modality}, {stream.mode}) at /{stream.name}/",
+            flush=True,
+        )
     if args.phone:
         # fastrtc's own service: a Gradio share tunnel registered with api.fastrtc.org
-        app.state.streams["chat"].fastphone(token=token, host=settings.host, port=settings.port)
+        serve_on_phone(app, token, settings)
         return
     print(f"Serving on http://{settings.host}:{settings.port}", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+
+
+def serve_on_phone(app: object, token: str, settings: Settings) -> None:
+    """fastrtc's fastphone registers its own stock routes, which would bypass every limit here."""
+    sys.exit(
+        "--phone (fastphone) is not wired to the hardened /chat yet; for a number of your own, point a "
+        "Twilio Voice webhook at POST /chat/telephone/incoming (README, 'Phone calls')."
+    )
 
 
 def phone_preflight() -> str:

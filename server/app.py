@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,6 +25,8 @@ from server.metrics import Metrics
 from server.offers import refusal
 from server.routes import SessionGuard, denied_response, describe_errors, mount_stream
 from server.shutdown import Drain
+from server.user_streams import check_names
+from streams.stream import Stream
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +34,14 @@ STATIC_DIR = REPO_ROOT / "static"
 
 
 def create_app(
-    settings: Settings | None = None, *, video_filters: Mapping[str, Any] | None = None
+    settings: Settings | None = None,
+    *,
+    streams: Sequence[Stream] = (),
+    video_filters: Mapping[str, Any] | None = None,
 ) -> FastAPI:
-    """Build the server. `video_filters` replaces the filter table (tests add deliberately slow ones)."""
+    """Build the server: the built-in streams and `streams` (anyone's `streams.Stream`s), each at
+    `/{name}/...` with every limit and check. `video_filters` replaces the filter table (tests add
+    deliberately slow ones). A name clash raises `StartupError`."""
     apply_offline_defaults()
     settings = settings or Settings()
     pin_host_addresses(settings.ice_host_addresses)
@@ -43,14 +50,14 @@ def create_app(
 
     # Imported here so the offline defaults above are in place before gradio loads.
     from streams.assistant import BackgroundLoaded, load_assistant
-    from streams.chat import ChatParams, EchoResponder, Responder, create_chat_stream
+    from streams.chat import EchoResponder, Responder, create_chat_stream
     from streams.detection import Detector
     from streams.filters import FILTERS
-    from streams.generation import GenerateParams, create_generate_stream, ensure_sample_clip
+    from streams.generation import create_generate_stream, ensure_sample_clip
     from streams.runtime import SessionBudget
     from streams.turns import TurnSettings
     from streams.vad import SileroVAD
-    from streams.video import VideoParams, create_video_stream
+    from streams.video import create_video_stream
 
     detector = Detector(
         settings.detector_model_path,
@@ -61,14 +68,9 @@ def create_app(
     detect_executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="detect")
     filters = dict(video_filters) if video_filters is not None else dict(FILTERS)
     video = create_video_stream(
-        defaults=VideoParams.model_validate(
-            {
-                "filter": settings.video_default_filter,
-                "detect": settings.video_default_detect,
-                "conf_threshold": settings.video_default_conf_threshold,
-            },
-            context={"filters": filters},
-        ),
+        default_filter=settings.video_default_filter,
+        default_detect=settings.video_default_detect,
+        default_conf_threshold=settings.video_default_conf_threshold,
         detector=detector,
         detect_executor=detect_executor,
         concurrency_limit=settings.video_concurrency_limit,
@@ -79,9 +81,8 @@ def create_app(
     )
 
     generate = create_generate_stream(
-        defaults=GenerateParams.model_validate(
-            {"fps": settings.generate_default_fps, "source": settings.generate_default_source}
-        ),
+        default_fps=settings.generate_default_fps,
+        default_source=settings.generate_default_source,
         video_path=settings.generate_video_path or ensure_sample_clip(SAMPLE_CLIP),
         pattern_fps=settings.generate_pattern_fps,
         concurrency_limit=settings.generate_concurrency_limit,
@@ -119,16 +120,20 @@ def create_app(
             threshold=settings.chat_vad_threshold,
             max_utterance_s=settings.chat_max_utterance_s,
         ),
-        default_mode=ChatParams(mode=settings.chat_default_mode).mode,  # type: ignore[arg-type]
+        default_mode=settings.chat_default_mode,  # type: ignore[arg-type]
         unavailable=unavailable,
         concurrency_limit=settings.chat_concurrency_limit,
         time_limit=settings.chat_time_limit_s,
         server_rtc_configuration=ice.server_configuration,
     )
 
+    served = [video, generate, chat, *streams]
+    check_names(served)
     budget = SessionBudget(max_sessions=settings.max_sessions, max_pending=settings.max_pending_offers)
-    for stream in (video, generate, chat):
+    for stream in served:
         stream.join(budget, pending_timeout_s=settings.pending_offer_timeout_s)
+        if stream.rtc_configuration_source is None:  # TURN/ICE settings apply to user streams too
+            stream.rtc_configuration_source = ice.server_configuration
 
     async def close_all_sessions() -> None:
         await asyncio.gather(*(s.close_all("server_shutdown") for s in budget.streams))
@@ -172,9 +177,8 @@ def create_app(
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return refusal(422, "invalid_request", describe_errors(list(exc.errors())))
 
-    mount_stream(app, video, "video", guard)
-    mount_stream(app, generate, "generate", guard)
-    mount_stream(app, chat, "chat", guard)
+    for stream in served:
+        mount_stream(app, stream, guard)
 
     def credential(request: Request) -> str | None:
         return credential_of(request.headers, request.query_params)

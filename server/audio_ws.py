@@ -28,7 +28,9 @@ from starlette.websockets import WebSocketState
 
 from server.access import Denied
 from server.offers import SESSION_ID_PATTERN
-from streams.runtime import HardenedStream, OfferRejected
+from streams.runtime import OfferRejected
+from streams.session import Session
+from streams.stream import Stream
 from streams.telephony import BadMedia, decode_mulaw, encode_mulaw
 
 logger = logging.getLogger(__name__)
@@ -103,17 +105,15 @@ async def _refuse(websocket: WebSocket, code: str, message: str, close_code: int
         await websocket.close(code=close_code, reason=message[:120])
 
 
-async def serve_audio_websocket(
-    websocket: WebSocket, stream: HardenedStream, *, phone: bool, gate: Gate
-) -> None:
+async def serve_audio_websocket(websocket: WebSocket, stream: Stream, *, phone: bool, gate: Gate) -> None:
     """One WebSocket or phone session, from accept to a clean close that always frees the slot.
 
     The stream may end the session itself (time limit, shutdown) through the `close` it is given.
     """
     await websocket.accept()
     transport = "phone" if phone else "websocket"
-    session_id: str | None = None
-    handler: Any = None
+    session: Session | None = None
+    channel = _SocketChannel(websocket, asyncio.get_running_loop())
     emit_task: asyncio.Task[None] | None = None
     receive_task: asyncio.Task[None] | None = None
     ended_by_server: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
@@ -124,15 +124,16 @@ async def serve_audio_websocket(
             ended_by_server.set_result((reason, message))
 
     try:
-        session_id, handler = await asyncio.wait_for(
-            _start(websocket, stream, phone, gate, close), START_TIMEOUT_S
+        session = await asyncio.wait_for(
+            _start(websocket, stream, phone, gate, close, channel), START_TIMEOUT_S
         )
-        emit_task = asyncio.create_task(_emit_loop(websocket, handler, session_id, phone))
-        receive_task = asyncio.create_task(_receive_loop(websocket, handler, phone))
+        media: Any = session.media
+        emit_task = asyncio.create_task(_emit_loop(websocket, media, session.id, phone))
+        receive_task = asyncio.create_task(_receive_loop(websocket, media, phone))
         await asyncio.wait({receive_task, ended_by_server}, return_when=asyncio.FIRST_COMPLETED)
         if ended_by_server.done():
             end_reason, message = ended_by_server.result()
-            logger.info("session %s: %s session ended by the server (%s)", session_id, transport, end_reason)
+            logger.info("session %s: %s session ended by the server (%s)", session.id, transport, end_reason)
             code = CLOSE_SERVICE_RESTART if end_reason == "server_shutdown" else 1000
             await _refuse(websocket, end_reason, message, code)
         else:
@@ -143,25 +144,24 @@ async def serve_audio_websocket(
             websocket, "no_start", f"no start event within {START_TIMEOUT_S:.0f} s", CLOSE_PROTOCOL_ERROR
         )
     except ProtocolError as exc:
-        logger.info("session %s: %s %s: %s", session_id or "-", transport, exc.error, exc)
+        logger.info("session %s: %s %s: %s", session.id if session else "-", transport, exc.error, exc)
         end_reason = exc.error
         await _refuse(websocket, exc.error, str(exc), exc.code)
     except OfferRejected as exc:
-        logger.warning("session %s: %s refused: %s", session_id or "-", transport, exc.code)
+        logger.warning("session %s: %s refused: %s", session.id if session else "-", transport, exc.code)
         await _refuse(websocket, exc.code, exc.message, CLOSE_TRY_AGAIN, **exc.meta)
     except WebSocketDisconnect:
         pass
     except Exception:
-        logger.exception("session %s: %s session failed", session_id or "-", transport)
+        logger.exception("session %s: %s session failed", session.id if session else "-", transport)
         await _refuse(websocket, "server_error", "the session failed on the server", 1011)
     finally:
         for task in (emit_task, receive_task):
             if task is not None:
                 task.cancel()
-        if handler is not None and getattr(handler, "channel", None) is not None:
-            handler.channel.readyState = "closed"
-        if session_id is not None:
-            stream.release_slot(session_id, end_reason)  # closes the handler: its shutdown always runs
+        channel.readyState = "closed"
+        if session is not None:
+            await session.end(end_reason)  # the handler's shutdown always runs, the slot is freed
         if websocket.application_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
                 await websocket.close()
@@ -169,11 +169,12 @@ async def serve_audio_websocket(
 
 async def _start(
     websocket: WebSocket,
-    stream: HardenedStream,
+    stream: Stream,
     phone: bool,
     gate: Gate,
     close: Callable[[str, str], Any],
-) -> tuple[str, Any]:
+    channel: _SocketChannel,
+) -> Session:
     while True:
         message = await _receive(websocket)
         event = message["event"]
@@ -194,18 +195,13 @@ async def _start(
         denied = gate(session_id, message)
         if denied is not None:
             raise ProtocolError(denied.message, CLOSE_PROTOCOL_ERROR, denied.code)
-        stream.claim_slot(session_id, "phone" if phone else "websocket")
-        handler = stream.event_handler.copy()
-        handler.phone_mode = phone
-        handler._loop = asyncio.get_running_loop()
-        handler.set_channel(_SocketChannel(websocket, asyncio.get_running_loop()))
-        stream.attach_external(session_id, handler, close)
+        session = await stream.open_session(
+            session_id, "phone" if phone else "websocket", hangup=close, channel=channel, websocket=websocket
+        )
         clear = {"event": "clear", "streamSid": session_id} if phone else {"event": "clear"}
-        handler.on_interrupt = functools.partial(_send_soon, websocket, clear)
-        await handler.start_up()
-        logger.info("session %s: %s connected (%d active)", session_id, "phone" if phone else "websocket",
-                    stream.active_sessions)  # fmt: skip
-        return session_id, handler
+        media: Any = session.media
+        media.on_interrupt = functools.partial(_send_soon, websocket, clear)
+        return session
 
 
 def _send_soon(websocket: WebSocket, message: dict[str, Any]) -> None:
@@ -216,8 +212,8 @@ def _send_soon(websocket: WebSocket, message: dict[str, Any]) -> None:
     asyncio.ensure_future(send())
 
 
-async def _receive_loop(websocket: WebSocket, handler: Any, phone: bool) -> None:
-    rate = PHONE_RATE if phone else handler.input_sample_rate
+async def _receive_loop(websocket: WebSocket, audio: Any, phone: bool) -> None:
+    rate = PHONE_RATE if phone else audio.handler.input_sample_rate
     while True:
         message = await _receive(websocket)
         event = message["event"]
@@ -229,7 +225,7 @@ async def _receive_loop(websocket: WebSocket, handler: Any, phone: bool) -> None
                 samples = decode_mulaw(media.get("payload"))
             except BadMedia as exc:
                 raise ProtocolError(str(exc)) from exc
-            await handler.receive((rate, samples))
+            await audio.receive(rate, samples)
         elif event == "ping":
             await websocket.send_json({"event": "pong"})
         elif event == "stop":
@@ -240,11 +236,11 @@ async def _receive_loop(websocket: WebSocket, handler: Any, phone: bool) -> None
             raise ProtocolError(f"unknown event {event!r}")
 
 
-async def _emit_loop(websocket: WebSocket, handler: Any, session_id: str, phone: bool) -> None:
+async def _emit_loop(websocket: WebSocket, media: Any, session_id: str, phone: bool) -> None:
     """The handler paces its replies to real time, so each chunk is sent as it comes."""
-    target = PHONE_RATE if phone else handler.output_sample_rate
+    target = PHONE_RATE if phone else media.handler.output_sample_rate
     while True:
-        out = await handler.emit()
+        out = await media.next_audio()
         if out is None:
             continue
         rate, samples = out

@@ -1,16 +1,5 @@
-"""Process environment defaults that keep the server offline."""
+"""Process environment defaults that keep the server offline (see `streams.offline`)."""
 
-from __future__ import annotations
+from streams.offline import OFFLINE_DEFAULTS, apply_offline_defaults
 
-import os
-
-OFFLINE_DEFAULTS = {
-    "GRADIO_ANALYTICS_ENABLED": "False",  # stops Gradio's version check and telemetry threads
-    "HF_HUB_OFFLINE": "1",  # nothing may download model weights at run time
-}
-
-
-def apply_offline_defaults() -> None:
-    """Set the defaults unless the operator set them explicitly."""
-    for key, value in OFFLINE_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+__all__ = ["OFFLINE_DEFAULTS", "apply_offline_defaults"]

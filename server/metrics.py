@@ -22,7 +22,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from streams.runtime import HardenedStream, StreamObserver
+from streams.runtime import StreamObserver
+from streams.stream import Stream
 
 disable_created_metrics()
 
@@ -33,7 +34,7 @@ REPLY_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10
 class LiveCollector(Collector):
     """Gauges read from the streams and the process at scrape time instead of tracked by hand."""
 
-    def __init__(self, streams: Callable[[], Mapping[str, HardenedStream]]) -> None:
+    def __init__(self, streams: Callable[[], Mapping[str, Stream]]) -> None:
         self.streams = streams
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
@@ -46,8 +47,8 @@ class LiveCollector(Collector):
         for name, stream in streams.items():
             for transport, count in stream.sessions_by_transport().items():
                 active.add_metric([name, transport], count)
-            pending.add_metric([name], len(stream.pending))
-            peers.add_metric([name], len(stream.pcs))
+            pending.add_metric([name], stream.pending_offers)
+            peers.add_metric([name], stream.peer_connections)
         yield from (active, pending, peers)
         threads = GaugeMetricFamily(
             "rt_threads", "Live threads by pool (per-session pools must drain to zero)", labels=["pool"]
@@ -68,7 +69,7 @@ def _pool(thread_name: str) -> str:
 
 
 class Metrics:
-    def __init__(self, streams: Callable[[], Mapping[str, HardenedStream]]) -> None:
+    def __init__(self, streams: Callable[[], Mapping[str, Stream]]) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(LiveCollector(streams))
         r = self.registry

@@ -13,11 +13,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.bitrate import apply_bitrate_bounds
-from streams.runtime import HardenedStream, OfferRejected
+from streams.runtime import OfferRejected
+from streams.stream import Stream
 
 logger = logging.getLogger(__name__)
 
 MAX_SDP_CHARS = 100_000
+MAX_MEDIA_SECTIONS = 4  # audio, video, data: hundreds of sections only cost the server memory and time
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 
 # Stock fastrtc answers every refusal with HTTP 200; these are the codes we use instead.
@@ -33,6 +35,7 @@ STATUS_BY_CODE = {
     "too_many_pending_offers": 503,
     "shutting_down": 503,
     "session_failed": 503,
+    "unsupported_transport": 400,
 }
 
 
@@ -64,6 +67,8 @@ def check_offer_sdp(sdp: str | None, modality: str, mode: str) -> str | None:
     except Exception as exc:  # aiortc's parser raises assorted errors on junk
         return f"the SDP could not be parsed ({type(exc).__name__})"
     kinds = [m.kind for m in parsed.media]
+    if len(kinds) > MAX_MEDIA_SECTIONS:
+        return f"the SDP has {len(kinds)} media sections; at most {MAX_MEDIA_SECTIONS} are accepted"
     if not kinds:
         return "the SDP has no media sections (is it an SDP offer?)"
     allowed = {"application", *(["audio", "video"] if modality == "audio-video" else [modality])}
@@ -92,8 +97,12 @@ async def admit_all(request: Request, body: OfferBody) -> JSONResponse | None:
     return None
 
 
+def rejected(exc: OfferRejected) -> JSONResponse:
+    return refusal(STATUS_BY_CODE.get(exc.code, 400), exc.code, exc.message, **exc.meta)
+
+
 def make_offer_route(
-    stream: HardenedStream,
+    stream: Stream,
     name: str,
     count_outcome: Callable[[str], None] = lambda outcome: None,
     bitrate_kbps: tuple[int, int] | None = None,
@@ -104,25 +113,30 @@ def make_offer_route(
         if refused is not None:
             count_outcome(json.loads(bytes(refused.body))["meta"]["error"])
             return refused
-        if body.type == "offer":
-            problem = check_offer_sdp(body.sdp, stream.modality, stream.mode)
-            if problem:
-                logger.info("session %s: %s offer refused: %s", body.webrtc_id, name, problem)
-                count_outcome("invalid_sdp")
-                return refusal(400, "invalid_sdp", problem)
-        elif body.candidate is None:
-            return refusal(400, "invalid_candidate_format", "an ice-candidate message needs a candidate")
+        if body.type == "ice-candidate":
+            if body.candidate is None:
+                return refusal(400, "invalid_candidate_format", "an ice-candidate message needs a candidate")
+            try:
+                answer = await stream.add_candidate(body.webrtc_id, body.candidate)
+            except OfferRejected as exc:
+                count_outcome(exc.code)
+                return rejected(exc)
+            count_outcome("candidate")
+            return answer
+        problem = check_offer_sdp(body.sdp, stream.modality, stream.mode)
+        if problem:
+            logger.info("session %s: %s offer refused: %s", body.webrtc_id, name, problem)
+            count_outcome("invalid_sdp")
+            return refusal(400, "invalid_sdp", problem)
         try:
-            answer = await stream.handle_offer(
-                body.model_dump(), set_outputs=stream.set_additional_outputs(body.webrtc_id)
-            )
+            answer = await stream.offer(body.webrtc_id, str(body.sdp))
         except OfferRejected as exc:
             count_outcome(exc.code)
             if exc.code.endswith(("_limit_reached", "pending_offers")):
                 logger.warning("session %s: %s limit reached (%s)", body.webrtc_id, name, exc.meta)
-            return refusal(STATUS_BY_CODE.get(exc.code, 400), exc.code, exc.message, **exc.meta)
-        count_outcome("accepted" if body.type == "offer" else "candidate")
-        if bitrate_kbps is not None and isinstance(answer, dict) and "sdp" in answer:
+            return rejected(exc)
+        count_outcome("accepted")
+        if bitrate_kbps is not None:
             answer = {**answer, "sdp": apply_bitrate_bounds(answer["sdp"], *bitrate_kbps)}
         return answer
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Query, Request, WebSocket
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import HTTPConnection
 
 from server.access import PHONE_SUBJECT, Access, Denied, credential_of
@@ -18,7 +18,9 @@ from server.audio_ws import Gate, serve_audio_websocket
 from server.limits import RateLimiter
 from server.offers import SESSION_ID_PATTERN, OfferBody, make_offer_route, refusal
 from server.phone import make_incoming_call_route
-from streams.runtime import HardenedStream
+from streams.inputs import InvalidInput
+from streams.runtime import OfferRejected
+from streams.stream import Stream
 
 logger = logging.getLogger(__name__)
 
@@ -115,14 +117,20 @@ async def sse_events(reports: AsyncIterator[dict[str, Any]]) -> AsyncIterator[st
         yield f"data: {json.dumps(report)}\n\n"
 
 
-def mount_stream(app: FastAPI, stream: HardenedStream, name: str, guard: SessionGuard) -> None:
-    """Mount `/{name}/webrtc/offer`, `/{name}/input` and `/{name}/outputs` for one stream."""
+def mount_stream(app: FastAPI, stream: Stream, guard: SessionGuard) -> None:
+    """Mount `/{name}/webrtc/offer`, `/{name}/input` and `/{name}/outputs` for one stream (and the
+    WebSocket and phone routes for audio streams)."""
+    name = stream.name
+    if name is None:
+        raise ValueError("a served stream needs a name (its URL prefix): Stream(..., name='mystream')")
+    if name in app.state.streams:
+        raise ValueError(f"two streams are named {name!r}: each needs its own name (its URL prefix)")
     router = APIRouter(prefix=f"/{name}", tags=[name])
     offers = app.state.metrics.offers
     settings = app.state.settings
 
     async def admit(request: Request, body: OfferBody) -> JSONResponse | None:
-        new = body.type == "offer" and body.webrtc_id not in stream.pcs
+        new = body.type == "offer" and body.webrtc_id not in stream.sessions
         denied = guard.check(request, body.webrtc_id, new_session=new, stream=name, transport="webrtc")
         return None if denied is None else denied_response(denied)
 
@@ -145,14 +153,11 @@ def mount_stream(app: FastAPI, stream: HardenedStream, name: str, guard: Session
         denied = guard.check(request, body.webrtc_id, new_session=False, stream=name, transport="http")
         if denied is not None:
             return denied_response(denied)
-        session = stream.sessions.get(body.webrtc_id)
-        if session is None:
-            return unknown_session(body.webrtc_id, name)
         try:
-            params = session.update(dict(body.model_extra or {}))
-        except ValidationError as exc:
-            return refusal(422, "invalid_input", describe_errors(exc.errors()))
-        except ValueError as exc:  # valid shape, but not possible here (e.g. an unavailable mode)
+            params = stream.set_inputs(body.webrtc_id, dict(body.model_extra or {}))
+        except OfferRejected:
+            return unknown_session(body.webrtc_id, name)
+        except InvalidInput as exc:
             return refusal(422, "invalid_input", str(exc))
         return {"status": "ok", "params": params}
 
@@ -178,7 +183,7 @@ def mount_stream(app: FastAPI, stream: HardenedStream, name: str, guard: Session
 
 
 def _mount_audio_transports(
-    router: APIRouter, stream: HardenedStream, name: str, settings: Any, guard: SessionGuard
+    router: APIRouter, stream: Stream, name: str, settings: Any, guard: SessionGuard
 ) -> None:
     """The same audio stream over WebSocket and over the phone (Twilio Media Streams)."""
 

@@ -5,37 +5,27 @@ Sources share one interface (`FrameSource`); the pacing lives in `streams.runtim
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Annotated, Protocol
 
-import av
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from streams.fastrtc_adapter import AdditionalOutputs
+from streams.handlers import VideoStreamHandler
 from streams.meters import RateMeter
-from streams.runtime import HardenedStream, ReportChannel, RtcConfigSource
+from streams.session import current_session
+from streams.stream import RtcConfigSource, Stream
 
 logger = logging.getLogger(__name__)
 
 COUNTER_BITS = 16
 COUNTER_BAND = 32  # rows: the frame counter as 16 black/white blocks, top and bottom
-
-
-class GenerateParams(BaseModel):
-    """Live parameters of one generation session."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    fps: float | None = Field(None, ge=1, le=60, description="frames per second; None: the source's own")
-    source: Literal["pattern", "file"] = "pattern"
-    width: int = Field(640, ge=64, le=1920, multiple_of=2)
-    height: int = Field(480, ge=64, le=1080, multiple_of=2)
 
 
 class FrameSource(Protocol):
@@ -164,106 +154,81 @@ def ensure_sample_clip(path: Path) -> Path:
     return path
 
 
-class GenerateSession:
-    """Per-connection state. `produce` runs in the session's worker thread, `update` on the loop."""
+class GeneratePipeline:
+    """The `/generate` handler: a generator `(source, width, height) -> frames`, served as any
+    user's `VideoStreamHandler(gen, fps=...)`. The runtime paces it at the live `fps` input and
+    restarts it when another input changes; `copy()` gives each session its own frame counter."""
 
-    def __init__(
-        self,
-        session_id: str,
-        *,
-        params: GenerateParams,
-        reports: ReportChannel,
-        sources: dict[str, Callable[[], FrameSource]],
-    ) -> None:
-        self.session_id = session_id
-        self.params = params
-        self.reports = reports
+    def __init__(self, sources: dict[str, Callable[[], FrameSource]]) -> None:
         self.sources = sources
         self.frames = 0
-        self.closed = False
-        self._source: FrameSource | None = None
-        self._source_name = ""
-        self._meter = RateMeter()
-        self._produce_ms: deque[float] = deque(maxlen=60)
-        self._last_report = 0.0
 
-    @property
-    def fps(self) -> float:
-        """The live target rate, read by the pacer before every frame."""
-        if self.params.fps is not None:
-            return self.params.fps
-        return self._source.native_fps if self._source is not None else 30.0
+    def copy(self) -> GeneratePipeline:
+        return GeneratePipeline(self.sources)
 
-    def update(self, changes: dict[str, Any]) -> dict[str, Any]:
-        self.params = GenerateParams.model_validate(self.params.model_dump() | changes)
-        logger.info("session %s: generate params %s", self.session_id, self.params.model_dump())
-        return self.params.model_dump()
-
-    def _current_source(self) -> FrameSource:
-        name = self.params.source
-        if self._source is None or name != self._source_name:
-            if self._source is not None:
-                self._source.close()
-            self._source, self._source_name = self.sources[name](), name
-        return self._source
-
-    def produce(self, pts_s: float) -> av.VideoFrame:
-        t0 = time.perf_counter()
-        params = self.params
-        source = self._current_source()
-        img = source.frame(self.frames, params.width, params.height, self.fps)
-        frame = av.VideoFrame.from_ndarray(img, format="bgr24")
-        self.frames += 1
-        self._produce_ms.append((time.perf_counter() - t0) * 1000)
-        now = time.monotonic()
-        self._meter.tick(now)
-        if now - self._last_report >= 1.0:
-            self._last_report = now
-            self.reports.publish(
-                {
+    def __call__(
+        self,
+        source: str = "pattern",
+        width: Annotated[int, Field(ge=64, le=1920, multiple_of=2)] = 640,
+        height: Annotated[int, Field(ge=64, le=1080, multiple_of=2)] = 480,
+    ) -> Iterator[np.ndarray | tuple[np.ndarray, AdditionalOutputs]]:
+        session = current_session()
+        media = session.media
+        src = self.sources[source]()
+        if media is not None:
+            media.native_fps = src.native_fps  # type: ignore[attr-defined]  # used while the fps input is None
+        meter = RateMeter()
+        produce_ms: deque[float] = deque(maxlen=60)
+        last_report = 0.0
+        try:
+            while True:
+                t0 = time.perf_counter()
+                fps = media.fps if media is not None else src.native_fps  # type: ignore[attr-defined]
+                img = src.frame(self.frames, width, height, fps)
+                self.frames += 1
+                produce_ms.append((time.perf_counter() - t0) * 1000)
+                now = time.monotonic()
+                meter.tick(now)
+                if now - last_report < 1.0:
+                    yield img
+                    continue
+                last_report = now
+                yield img, AdditionalOutputs({
                     "type": "generate",
-                    "fps": round(self._meter.rate(now), 2),
-                    "target_fps": self.fps,
+                    "fps": round(meter.rate(now), 2),
+                    "target_fps": fps,
                     "frames": self.frames,
-                    "produce_ms": round(sum(self._produce_ms) / len(self._produce_ms), 2),
-                    "params": params.model_dump(),
-                }
-            )
-        return frame
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.reports.close()
-            if self._source is not None:
-                self._source.close()
+                    "produce_ms": round(sum(produce_ms) / len(produce_ms), 2),
+                    "params": dict(session.inputs),
+                })  # fmt: skip
+        finally:
+            src.close()
 
 
 def create_generate_stream(
     *,
-    defaults: GenerateParams,
+    default_fps: float | None,
+    default_source: str,
     video_path: Path,
     pattern_fps: float,
     concurrency_limit: int,
     time_limit: float | None,
     server_rtc_configuration: RtcConfigSource,
-) -> HardenedStream:
-    """The `/generate` stream: a fastrtc receive-mode video `Stream` paced by `PacedVideoTrack`."""
+) -> Stream:
+    """The `/generate` stream: a receive-mode `Stream` of a generator, paced at a live rate."""
     sources: dict[str, Callable[[], FrameSource]] = {
         "pattern": lambda: TestPattern(pattern_fps),
         "file": lambda: VideoFileSource(video_path),
     }
+    import gradio as gr
 
-    def new_session(session_id: str, handler: Any) -> GenerateSession:
-        return GenerateSession(
-            session_id, params=defaults, reports=ReportChannel(asyncio.get_running_loop()), sources=sources
-        )
-
-    return HardenedStream(
-        session_factory=new_session,
+    return Stream(
+        VideoStreamHandler(GeneratePipeline(sources), fps=default_fps),
         modality="video",
         mode="receive",
+        additional_inputs=[gr.Dropdown(choices=list(sources), value=default_source, label="source")],
         concurrency_limit=concurrency_limit,
         time_limit=time_limit,
         server_rtc_configuration=server_rtc_configuration,
+        name="generate",
     )

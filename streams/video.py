@@ -7,7 +7,6 @@ keeps the camera's rate even when the model is slower than the camera.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -19,51 +18,34 @@ from typing import Any
 
 import av
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from streams.detection import Detection, Detector, draw_detections
+from streams.fastrtc_adapter import AdditionalOutputs
 from streams.filters import FILTERS, FrameFilter
+from streams.handlers import VideoStreamHandler
 from streams.meters import RateMeter
-from streams.runtime import HardenedStream, ReportChannel, RtcConfigSource
+from streams.session import current_session
+from streams.stream import RtcConfigSource, Stream
 
 logger = logging.getLogger(__name__)
 
 
-class VideoParams(BaseModel):
-    """Live parameters of one video session."""
+class VideoPipeline:
+    """The `/video` handler: `(frame, filter, detect, conf_threshold) -> (frame, AdditionalOutputs)`.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    filter: str = "none"
-    detect: bool = False
-    conf_threshold: float = Field(0.35, ge=0.0, le=1.0)
-
-    @field_validator("filter")
-    @classmethod
-    def _known_filter(cls, value: str, info: Any) -> str:
-        filters = (info.context or {}).get("filters", FILTERS)
-        if value not in filters:
-            raise ValueError(f"unknown filter {value!r}; choose one of: {', '.join(filters)}")
-        return value
-
-
-class VideoSession:
-    """Per-connection state. `process` runs in the session's worker thread, `update` on the loop."""
+    An ordinary `VideoStreamHandler` callable with per-session state: the runtime calls `copy()`
+    once per session, then calls it in the session's worker thread with the session's inputs.
+    """
 
     def __init__(
         self,
-        session_id: str,
         *,
-        params: VideoParams,
-        reports: ReportChannel,
         filters: Mapping[str, FrameFilter] = FILTERS,
         detector: Detector | None = None,
         detect_executor: Executor | None = None,
         report_hz: float = 5.0,
     ) -> None:
-        self.session_id = session_id
-        self.params = params
-        self.reports = reports
+        self.session_id = "unbound"
         self.filters = filters
         self.detector = detector
         self.detect_executor = detect_executor
@@ -78,28 +60,32 @@ class VideoSession:
         self._detect_job: Future[list[Detection]] | None = None
         self._lock = threading.Lock()
         self._last_report = 0.0
+        self._detect_wanted = False
 
-    def update(self, changes: dict[str, Any]) -> dict[str, Any]:
-        """Validate and apply new parameters; they take effect on the next frame."""
-        merged = self.params.model_dump() | changes
-        self.params = VideoParams.model_validate(merged, context={"filters": self.filters})
-        if not self.params.detect:
-            self._detections = []
-        logger.info("session %s: video params %s", self.session_id, self.params.model_dump())
-        return self.params.model_dump()
+    def copy(self) -> VideoPipeline:
+        pipeline = VideoPipeline(filters=self.filters, detector=self.detector,
+                                 detect_executor=self.detect_executor, report_hz=1.0 / self.report_interval)  # fmt: skip
+        pipeline.session_id = current_session().id
+        return pipeline
 
-    def process(self, frame: av.VideoFrame) -> av.VideoFrame:
+    def __call__(
+        self, frame: av.VideoFrame, filter: str = "none", detect: bool = False, conf_threshold: float = 0.35
+    ) -> tuple[av.VideoFrame, AdditionalOutputs] | av.VideoFrame:
         t0 = time.perf_counter()
-        params = self.params
+        params = {"filter": filter, "detect": detect, "conf_threshold": conf_threshold}
         self.frames += 1
-        flt = self.filters[params.filter]
-        detecting = params.detect and self.detector is not None
-        if params.filter == "none" and not detecting:
+        flt = self.filters[filter]
+        detecting = detect and self.detector is not None
+        with self._lock:
+            self._detect_wanted = detect
+            if not detect:
+                self._detections = []
+        if filter == "none" and not detecting:
             out_frame = frame  # nothing to change: skip two colour conversions
         else:
             img = frame.to_ndarray(format="bgr24")
             if detecting:
-                self._request_detection(img, params.conf_threshold)
+                self._request_detection(img, conf_threshold)
             out = flt.apply(img)
             detections = self._detections if detecting else []
             if detections:
@@ -114,7 +100,7 @@ class VideoSession:
         self._fps.tick(now)
         if now - self._last_report >= self.report_interval:
             self._last_report = now
-            self.reports.publish(self.report(now, params))
+            return out_frame, AdditionalOutputs(self.report(now, params))
         return out_frame
 
     def _request_detection(self, img: np.ndarray, threshold: float) -> None:
@@ -137,13 +123,13 @@ class VideoSession:
             detections = []
         with self._lock:
             self._detect_job = None
-            if self.params.detect:
+            if self._detect_wanted:
                 self._detections = detections
                 self._detection_frame = frame_no
                 self._detection_ms = (time.perf_counter() - t0) * 1000
         return detections
 
-    def report(self, now: float, params: VideoParams) -> dict[str, Any]:
+    def report(self, now: float, params: dict[str, Any]) -> dict[str, Any]:
         proc = sorted(self._proc_ms)
         return {
             "type": "video",
@@ -152,19 +138,19 @@ class VideoSession:
             "processing_ms": round(proc[len(proc) // 2], 2) if proc else 0.0,
             "detection_ms": round(self._detection_ms, 1),
             "detection_age_frames": self.frames - self._detection_frame if self._detection_frame else None,
-            "detections": [d.as_dict() for d in self._detections] if params.detect else [],
-            "params": params.model_dump(),
+            "detections": [d.as_dict() for d in self._detections] if params["detect"] else [],
+            "params": params,
         }
 
     def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.reports.close()
+        self.closed = True
 
 
 def create_video_stream(
     *,
-    defaults: VideoParams,
+    default_filter: str,
+    default_detect: bool,
+    default_conf_threshold: float,
     detector: Detector | None,
     detect_executor: Executor | None,
     concurrency_limit: int,
@@ -172,26 +158,28 @@ def create_video_stream(
     server_rtc_configuration: RtcConfigSource,
     filters: Mapping[str, FrameFilter] = FILTERS,
     report_hz: float = 5.0,
-) -> HardenedStream:
-    """The `/video` stream: a fastrtc send-receive video `Stream` with hardened sessions."""
-    VideoParams.model_validate(defaults.model_dump(), context={"filters": filters})
+) -> Stream:
+    """The `/video` stream, written as any user's stream: a `VideoStreamHandler` on the newest frame."""
+    import gradio as gr
 
-    def new_session(session_id: str, handler: Any) -> VideoSession:
-        return VideoSession(
-            session_id,
-            params=defaults,
-            reports=ReportChannel(asyncio.get_running_loop()),
-            filters=filters,
-            detector=detector,
-            detect_executor=detect_executor,
-            report_hz=report_hz,
-        )
-
-    return HardenedStream(
-        session_factory=new_session,
+    if default_filter not in filters:
+        raise ValueError(f"unknown filter {default_filter!r}; choose one of: {', '.join(filters)}")
+    pipeline = VideoPipeline(
+        filters=filters, detector=detector, detect_executor=detect_executor, report_hz=report_hz
+    )
+    return Stream(
+        VideoStreamHandler(pipeline, skip_frames=True, frame_format="av"),
         modality="video",
         mode="send-receive",
+        additional_inputs=[
+            gr.Dropdown(choices=list(filters), value=default_filter, label="filter"),
+            gr.Checkbox(value=default_detect, label="detect"),
+            gr.Slider(
+                minimum=0.0, maximum=1.0, step=0.05, value=default_conf_threshold, label="conf_threshold"
+            ),
+        ],
         concurrency_limit=concurrency_limit,
         time_limit=time_limit,
         server_rtc_configuration=server_rtc_configuration,
+        name="video",
     )

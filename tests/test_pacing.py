@@ -2,32 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import av
 import numpy as np
 
-from streams.runtime import PacedVideoTrack, ReportChannel
+from streams.runtime import PacedVideoTrack, Worker
 
 
-class FakeSession:
+class FakeSource:
     def __init__(self, fps: float, work_s: float = 0.0) -> None:
-        self.session_id = "pace-test"
-        self.reports = ReportChannel(asyncio.get_running_loop())
         self.fps = fps
         self.work_s = work_s
         self.closed = False
 
     def produce(self, pts_s: float) -> av.VideoFrame:
-        time.sleep(self.work_s)  # runs in the track's worker thread
+        time.sleep(self.work_s)  # runs in the session's worker thread
         return av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="bgr24")
-
-    def update(self, changes: dict) -> dict:
-        return {}
 
     def close(self) -> None:
         self.closed = True
+
+    def track(self) -> PacedVideoTrack:
+        return PacedVideoTrack(self.produce, lambda: self.fps, "pace-test", Worker("pace"), on_stop=self.close)
 
 
 async def pull(track: PacedVideoTrack, seconds: float) -> list[tuple[float, int]]:
@@ -40,8 +37,8 @@ async def pull(track: PacedVideoTrack, seconds: float) -> list[tuple[float, int]
 
 
 async def test_rate_changes_apply_to_the_next_frame_without_drift():
-    session = FakeSession(fps=50)
-    track = PacedVideoTrack(session)
+    session = FakeSource(fps=50)
+    track = session.track()
     first = await pull(track, 2.0)
     session.fps = 10
     second = await pull(track, 2.0)
@@ -54,8 +51,8 @@ async def test_rate_changes_apply_to_the_next_frame_without_drift():
 
 
 async def test_a_slow_source_degrades_to_its_own_rate_without_bursts():
-    session = FakeSession(fps=60, work_s=0.05)  # can make only ~20 frames a second
-    track = PacedVideoTrack(session)
+    session = FakeSource(fps=60, work_s=0.05)  # can make only ~20 frames a second
+    track = session.track()
     frames = await pull(track, 2.0)
     session.work_s = 0.0  # the source recovers: no catch-up burst of the frames it "owed"
     after = await pull(track, 0.5)

@@ -1,0 +1,373 @@
+"""Handler shapes under fastrtc's names, hardened: `VideoStreamHandler`, `ReplyOnPause`.
+
+`ReplyOnPause` keeps fastrtc's constructor, but ends turns with `streams.turns.TurnDetector`
+(Silero v6 in 32 ms windows, shipped with faster-whisper, no download), waits on a queue instead
+of spinning when idle, runs a synchronous `fn` in the session's worker thread, paces the reply to
+real time, and stops it at once when the user talks over it (`can_interrupt=True`).
+`TurnTakingHandler` is the shared base: the built-in `/chat` is another subclass of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from streams import fastrtc_adapter as adapter
+from streams.turns import SpeechStarted, TurnDetector, TurnDiscarded, TurnEnded, TurnSettings
+from streams.vad import SAMPLE_RATE, SileroVAD, resample, to_float_mono
+
+if TYPE_CHECKING:
+    from streams.session import Session
+
+logger = logging.getLogger(__name__)
+
+PLAYBACK_LEAD_S = 0.08  # how far ahead of real time replies are handed downstream
+
+
+@dataclass
+class VideoStreamHandler:
+    """fastrtc's `VideoStreamHandler(callable, fps, skip_frames)`, plus two knobs of ours.
+
+    - send-receive: `skip_frames=True` processes only the newest frame (lowest latency);
+      `False` processes every frame through a queue of `queue_size`, dropping (and counting) the
+      oldest when the handler falls further behind.
+    - receive: `callable` is a generator; frames are sent at `fps`, changeable live as the input `fps`.
+    - `frame_format="av"` hands the handler `av.VideoFrame`s instead of BGR arrays (no conversion).
+    """
+
+    callable: Callable[..., Any]
+    fps: float | None = 30
+    skip_frames: bool = False
+    queue_size: int = 4
+    frame_format: Literal["bgr24", "av"] = "bgr24"
+
+
+_shared_vad: SileroVAD | None = None
+
+
+def default_vad() -> SileroVAD:
+    """The Silero VAD every turn-taking handler shares (one onnxruntime session, per-stream state)."""
+    global _shared_vad
+    if _shared_vad is None:
+        _shared_vad = SileroVAD()
+        _shared_vad.warmup()
+    return _shared_vad
+
+
+State = Literal["listening", "thinking", "speaking"]
+
+
+class TurnTakingHandler(adapter.AsyncStreamHandler):
+    """Listens in 32 ms windows, ends a turn on a pause, answers with `respond(turn)`, stops the
+    answer when the user talks over it. Subclasses implement `respond` and `copy`."""
+
+    def __init__(
+        self,
+        *,
+        vad: SileroVAD | None = None,
+        turn_settings: TurnSettings | None = None,
+        can_interrupt: bool = True,
+        output_sample_rate: int = 24_000,
+        expected_layout: Literal["mono", "stereo"] = "mono",
+    ) -> None:
+        super().__init__(
+            expected_layout=expected_layout,
+            output_sample_rate=output_sample_rate,
+            input_sample_rate=SAMPLE_RATE,
+        )
+        self.vad = vad or default_vad()
+        self.turn_settings = turn_settings or TurnSettings()
+        self.can_interrupt = can_interrupt
+        self.session: Session | None = None
+        self.session_id = "unbound"
+        self.state: State = "listening"
+        self.turns = TurnDetector(self.vad, self.turn_settings)
+        self.closed = False
+        self.chunk = output_sample_rate // 50  # 20 ms
+        self._out: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=500)  # 10 s ahead at most
+        self._reply_task: asyncio.Task[None] | None = None
+        self._play_clock: float | None = None
+        self._turn_started = 0.0
+        self._first_audio_pending = False
+        self.last_turn: dict[str, Any] = {}
+
+    def bind_session(self, session: Session) -> None:
+        """Called by the runtime on the per-session copy before media flows."""
+        self.session, self.session_id = session, session.id
+
+    # ---- subclass API ----
+    def respond(self, turn: TurnEnded) -> AsyncIterator[np.ndarray | adapter.AdditionalOutputs]:
+        """The reply to one turn: float32 mono chunks at `output_sample_rate`, or outputs."""
+        raise NotImplementedError
+
+    # ---- audio in ----
+    async def receive(self, frame: tuple[int, np.ndarray]) -> None:
+        sr, samples = frame
+        mono = to_float_mono(samples)
+        if sr != SAMPLE_RATE:
+            mono = resample(mono, sr, SAMPLE_RATE)
+        for event in self.turns.feed(mono):
+            if isinstance(event, SpeechStarted):
+                self._on_speech_started()
+            elif isinstance(event, TurnEnded):
+                self._on_turn_ended(event)
+            elif isinstance(event, TurnDiscarded):
+                logger.debug("session %s: %.0f ms of speech is not a turn", self.session_id, event.speech_ms)
+
+    def _on_speech_started(self) -> None:
+        self._log("started_talking")
+        if self.state != "listening" and self.can_interrupt:
+            self.interrupt()
+
+    def interrupt(self) -> None:
+        """Barge-in: stop the reply now and drop every queued sample, here and downstream."""
+        if self._reply_task is not None:
+            self._reply_task.cancel()
+            self._reply_task = None
+        dropped = self._out.qsize()
+        while not self._out.empty():
+            self._out.get_nowait()
+        if self._clear_queue is not None:
+            self._clear_queue()  # the transport's queue (WebRTC track, Twilio "clear")
+        self._play_clock = None
+        logger.info("session %s: barge-in, reply stopped (%d chunks dropped)", self.session_id, dropped)
+        self.publish({"type": "interrupted"})
+        self._set_state("listening")
+
+    def _on_turn_ended(self, event: TurnEnded) -> None:
+        if self._reply_task is not None and not self._reply_task.done():
+            if not self.can_interrupt:
+                logger.info("session %s: turn ignored while replying (can_interrupt=False)", self.session_id)
+                return
+            self._reply_task.cancel()
+        self._log("pause_detected")
+        self._turn_started = time.monotonic()
+        self._first_audio_pending = True
+        self.last_turn = {
+            "speech_s": round(len(event.audio) / SAMPLE_RATE, 2),
+            "forced": event.forced,
+            "silence_ms": self.turn_settings.silence_ms,
+        }
+        self._set_state("thinking")
+        self._reply_task = asyncio.create_task(self._run_reply(event))
+
+    async def _run_reply(self, turn: TurnEnded) -> None:
+        try:
+            async for item in self.respond(turn):
+                if isinstance(item, adapter.AdditionalOutputs):
+                    from streams.media import outputs_report
+
+                    self.publish(outputs_report(item))
+                    continue
+                if isinstance(item, adapter.CloseStream):
+                    if self.session is not None:
+                        self.session.end_soon("closed_by_handler")
+                    return
+                for start in range(0, len(item), self.chunk):
+                    await self._out.put(item[start : start + self.chunk])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.exception("session %s: reply failed", self.session_id)
+            message = f"the reply failed ({type(exc).__name__}: {exc})"
+            await self.send_message(json.dumps({"type": "error", "message": message}))
+            self.publish({"type": "error", "message": message})
+            self._set_state("listening")
+
+    # ---- audio out ----
+    async def emit(self) -> tuple[int, np.ndarray] | None:
+        """Waits (briefly, so a closed session is noticed) until audio is due; never spins."""
+        try:
+            chunk = await asyncio.wait_for(self._out.get(), timeout=0.5)
+        except (TimeoutError, asyncio.TimeoutError):
+            if self.state != "listening" and (self._reply_task is None or self._reply_task.done()):
+                self._set_state("listening")  # the reply has finished playing
+                self._play_clock = None
+            return None
+        now = time.monotonic()
+        if self._play_clock is None or self._play_clock < now:
+            self._play_clock = now
+        ahead = self._play_clock - now - PLAYBACK_LEAD_S
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+        if self._play_clock is None:  # interrupted while waiting: this chunk was already dropped
+            return None
+        self._play_clock += len(chunk) / self.output_sample_rate
+        if self._first_audio_pending:
+            self._first_audio_pending = False
+            self._set_state("speaking")
+            self._log("response_starting")
+            self.last_turn["pause_to_first_audio_ms"] = round((time.monotonic() - self._turn_started) * 1000)
+            self.publish({"type": "turn", **self.last_turn})
+        return self.output_sample_rate, (np.clip(chunk, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+
+    # ---- reporting ----
+    def _set_state(self, state: State) -> None:
+        if state != self.state:
+            self.state = state
+            self.publish({"type": "state", "state": state})
+
+    def publish(self, report: dict[str, Any]) -> None:
+        if self.session is not None:
+            self.session.publish(report)
+
+    def _log(self, what: str) -> None:
+        channel = self.channel
+        if channel is not None:
+            try:
+                channel.send(adapter.message("log", what))
+            except Exception as exc:
+                logger.debug("session %s: log not sent: %s", self.session_id, exc)
+
+    # ---- lifecycle ----
+    async def start_up(self) -> None:
+        self.publish({"type": "state", "state": self.state})
+
+    def shutdown(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._reply_task is not None:
+            self._reply_task.cancel()
+        logger.info("session %s: voice handler closed", self.session_id)
+
+
+def _turn_settings_from(model_options: Any, algo_options: Any, base: TurnSettings | None) -> TurnSettings:
+    """fastrtc's `SileroVadOptions`/`AlgoOptions` mapped onto 32 ms-window turn-taking."""
+    settings = base or TurnSettings()
+    changes: dict[str, Any] = {}
+    if model_options is not None:
+        threshold = getattr(model_options, "threshold", None)
+        if isinstance(threshold, float | int) and 0 < threshold < 1:
+            changes["threshold"] = float(threshold)
+        min_speech = getattr(model_options, "min_speech_duration_ms", None)
+        if isinstance(min_speech, int | float) and min_speech > 0:
+            changes["min_speech_ms"] = float(min_speech)
+    if algo_options is not None:
+        longest = getattr(algo_options, "max_continuous_speech_s", None)
+        if isinstance(longest, int | float) and 0 < longest < float("inf"):
+            changes["max_utterance_s"] = float(longest)
+    if not changes:
+        return settings
+    values = {f.name: getattr(settings, f.name) for f in fields(settings)} | changes
+    return TurnSettings(**values)
+
+
+class ReplyOnPause(TurnTakingHandler):
+    """fastrtc's `ReplyOnPause(fn, ...)`: `fn((rate, int16 audio), *inputs)` is called when the user
+    pauses and yields `(rate, audio)` chunks (or `AdditionalOutputs`, or `CloseStream`).
+
+    The turn's audio is 16 kHz mono, shape (1, N). `startup_fn(*inputs)` runs on connect and may
+    yield a greeting the same way. `model` (fastrtc's pause model) is accepted and not used: turns
+    are decided by Silero v6 in 32 ms windows; `turn_settings` sets the pause length and thresholds.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        startup_fn: Callable[..., Any] | None = None,
+        algo_options: Any = None,
+        model_options: Any = None,
+        can_interrupt: bool = True,
+        expected_layout: Literal["mono", "stereo"] = "mono",
+        output_sample_rate: int = 24_000,
+        output_frame_size: int | None = None,
+        input_sample_rate: int = 48_000,
+        model: Any = None,
+        needs_args: bool = False,
+        *,
+        turn_settings: TurnSettings | None = None,
+        vad: SileroVAD | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError("ReplyOnPause needs a function: fn((rate, audio), *inputs) -> chunks")
+        super().__init__(
+            vad=vad,
+            turn_settings=_turn_settings_from(model_options, algo_options, turn_settings),
+            can_interrupt=can_interrupt,
+            output_sample_rate=output_sample_rate,
+            expected_layout=expected_layout,
+        )
+        self.fn = fn
+        self.startup_fn = startup_fn
+        self.algo_options = algo_options
+        self.model_options = model_options
+        self._ctor = dict(startup_fn=startup_fn, algo_options=algo_options, model_options=model_options,
+                          can_interrupt=can_interrupt, expected_layout=expected_layout,
+                          output_sample_rate=output_sample_rate, turn_settings=turn_settings, vad=self.vad)  # fmt: skip
+
+    def copy(self) -> ReplyOnPause:
+        return ReplyOnPause(self.fn, **self._ctor)
+
+    @property
+    def inputs(self) -> list[Any]:
+        """The stream's current input values, in the function's parameter order."""
+        args = list(self.latest_args)
+        return args[1:] if args and args[0] == "__webrtc_value__" else args
+
+    async def start_up(self) -> None:
+        await super().start_up()
+        if self.startup_fn is not None:
+            self._first_audio_pending = True
+            self._turn_started = time.monotonic()
+            self._set_state("thinking")
+            self._reply_task = asyncio.create_task(self._run_reply(None))
+
+    async def respond(self, turn: TurnEnded | None) -> AsyncIterator[Any]:  # type: ignore[override]
+        if turn is None:
+            assert self.startup_fn is not None
+            result = self.startup_fn(*self.inputs)
+        else:
+            audio = (np.clip(turn.audio, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+            result = self.fn((SAMPLE_RATE, audio), *self.inputs)
+        async for item in self._iterate(result):
+            out, extra = adapter.split_output(item)
+            if extra is not None:
+                yield extra
+            if out is None:
+                continue
+            rate, samples = out[0], np.asarray(out[1])
+            mono = to_float_mono(
+                samples.reshape(-1) if samples.ndim > 1 and min(samples.shape) == 1 else samples
+            )
+            if rate != self.output_sample_rate:
+                mono = resample(mono, int(rate), self.output_sample_rate)
+            yield mono
+
+    async def _iterate(self, result: Any) -> AsyncIterator[Any]:
+        """A sync generator runs in the session's worker thread, an async one on the loop."""
+        if inspect.isawaitable(result):
+            result = await result
+        if result is None:
+            return
+        if hasattr(result, "__aiter__"):
+            async for item in result:
+                yield item
+            return
+        if isinstance(result, tuple):  # a plain return value, not a generator
+            yield result
+            return
+        iterator = iter(result)
+        done = object()
+        worker = self.session.worker if self.session is not None else None
+        try:
+            while True:
+                if worker is not None:
+                    item = await worker.run(next, iterator, done)
+                else:
+                    item = await asyncio.to_thread(next, iterator, done)
+                if item is done:
+                    return
+                yield item
+        finally:
+            close = getattr(iterator, "close", None)
+            if callable(close) and worker is not None and not worker.closed:
+                asyncio.ensure_future(worker.run(close))

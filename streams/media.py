@@ -1,0 +1,470 @@
+"""Each handler shape fastrtc documents, served for one session with the hardened runtime.
+
+- `VideoProcessMedia`: send-receive video, `fn(frame, *inputs) -> frame | (frame, AdditionalOutputs)`
+- `VideoGenerateMedia`: receive video, a generator `gen(*inputs)` paced at a live `fps`
+- `AudioHandlerMedia`: audio `StreamHandler`/`AsyncStreamHandler` (and `ReplyOnPause`), on WebRTC,
+  WebSocket and phone alike
+- `AudioVideoMedia`: `AudioVideoStreamHandler`, audio and video on one peer
+
+Handlers run off the event loop where they are synchronous (the session's `Worker`); a raising
+handler is reported (log, data channel, outputs) and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from streams import fastrtc_adapter as adapter
+from streams.runtime import (
+    LatestFrameTrack,
+    PacedAudioTrack,
+    PacedVideoTrack,
+    QueuedFrameTrack,
+)
+from streams.vad import resample
+
+if TYPE_CHECKING:
+    from streams.handlers import VideoStreamHandler
+    from streams.session import Session
+
+logger = logging.getLogger(__name__)
+
+
+def outputs_report(outputs: adapter.AdditionalOutputs) -> dict[str, Any]:
+    """`AdditionalOutputs(...)` as one JSON report: a single dict is sent as it is."""
+    args = outputs.args
+    if len(args) == 1 and isinstance(args[0], dict):
+        return args[0]
+    return {"type": "outputs", "values": [_jsonable(a) for a in args]}
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, np.ndarray):
+        return (
+            value.tolist()
+            if value.size <= 4096
+            else {"ndarray": list(value.shape), "dtype": str(value.dtype)}
+        )
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+class _ErrorReporter:
+    """A raising handler: logged (first time and every 100th), told to the client, counted."""
+
+    def __init__(self, session: Session, what: str) -> None:
+        self.session = session
+        self.what = what
+        self.errors = 0
+
+    def __call__(self, exc: BaseException) -> None:
+        self.errors += 1
+        self.session.stream.observer.handler_error()
+        if self.errors == 1 or self.errors % 100 == 0:
+            logger.error("session %s: handler error #%d: %s", self.session.id, self.errors, exc, exc_info=exc)
+            message = f"{self.what} failed ({type(exc).__name__}: {exc})"
+            self.session.send_message({"type": "error", "message": message})
+            self.session.publish({"type": "error", "message": message})
+
+
+def _handle_side_output(session: Session, extra: Any) -> bool:
+    """Publish `AdditionalOutputs`; on `CloseStream` end the session. True when it ended."""
+    if isinstance(extra, adapter.AdditionalOutputs):
+        session.publish(outputs_report(extra))
+    elif isinstance(extra, adapter.CloseStream):
+        logger.info("session %s: handler closed the stream (%s)", session.id, extra.msg)
+        session.end_soon("closed_by_handler")
+        return True
+    return False
+
+
+def _close_handler(handler: Any) -> None:
+    for name in ("shutdown", "close"):
+        method = getattr(handler, name, None)
+        if callable(method):
+            method()
+            return
+
+
+class VideoProcessMedia:
+    """Send-receive (and send) video: one incoming frame -> the handler -> one outgoing frame."""
+
+    def __init__(self, session: Session, spec: VideoStreamHandler) -> None:
+        self.session = session
+        self.spec = spec
+        fn = spec.callable
+        # a callable with `copy()` gets one copy per session (extension: per-session state)
+        self.fn = session.context.run(fn.copy) if callable(getattr(fn, "copy", None)) else fn
+        self.args = session.stream.inputs.args(session.inputs)
+        self.report_error = _ErrorReporter(session, "processing")
+        self.track: LatestFrameTrack | QueuedFrameTrack | None = None
+        self._drain: asyncio.Task[None] | None = None
+
+    def outgoing_tracks(self, incoming: list[MediaStreamTrack]) -> list[MediaStreamTrack]:
+        video = [t for t in incoming if t.kind == "video"]
+        if not video:
+            raise ValueError("the offer sends no video")
+        s = self.session
+        common = dict(session_id=s.id, worker=s.worker, observer=s.stream.observer)
+        if self.spec.skip_frames:
+            self.track = LatestFrameTrack(video[0], self.process, **common)
+        else:
+            self.track = QueuedFrameTrack(video[0], self.process, maxsize=self.spec.queue_size, **common)
+        s.tracks.append(self.track)
+        if s.stream.mode == "send":  # nothing goes back: pull frames through the handler ourselves
+            return []
+        return [self.track]
+
+    async def start(self) -> None:
+        if self.track is None:
+            return
+        self.track.start()
+        if self.session.stream.mode == "send":
+            self._drain = self.session.create_task(self._pull(), "video-send")
+
+    async def _pull(self) -> None:
+        assert self.track is not None
+        while True:
+            try:
+                await self.track.recv()
+            except MediaStreamError:
+                return
+
+    def inputs_changed(self, values: dict[str, Any]) -> None:
+        self.args = self.session.stream.inputs.args(values)
+
+    def process(self, frame: av.VideoFrame) -> av.VideoFrame | None:
+        """In the session's worker thread."""
+        try:
+            image = frame if self.spec.frame_format == "av" else frame.to_ndarray(format="bgr24")
+            out, extra = adapter.split_output(self.fn(image, *self.args))
+        except Exception as exc:
+            self.report_error(exc)
+            return frame  # the stream keeps going, unprocessed
+        if _handle_side_output(self.session, extra) or out is None:
+            return None
+        if isinstance(out, av.VideoFrame):
+            result = out
+        else:
+            array = np.asarray(out)
+            if array.dtype != np.uint8:
+                array = np.clip(array, 0, 255).astype(np.uint8)
+            if array.ndim == 2:
+                result = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="gray")
+            else:
+                result = av.VideoFrame.from_ndarray(np.ascontiguousarray(array[..., :3]), format="bgr24")
+        if result is not frame:
+            result.pts, result.time_base = frame.pts, frame.time_base
+        return result
+
+    def close(self) -> None:
+        _close_handler(self.fn) if self.fn is not self.spec.callable else None
+
+
+class VideoGenerateMedia:
+    """Receive video: a generator of frames, created from the current inputs, paced at the live
+    `fps` input (or the handler's); a change of any other input restarts the generator with it."""
+
+    def __init__(self, session: Session, spec: VideoStreamHandler) -> None:
+        self.session = session
+        self.spec = spec
+        fn = spec.callable
+        self.fn = session.context.run(fn.copy) if callable(getattr(fn, "copy", None)) else fn
+        self.report_error = _ErrorReporter(session, "generation")
+        self._generator: Iterator[Any] | None = None
+        self._generator_args: list[Any] | None = None
+        self._args = session.stream.inputs.args(session.inputs)
+        self._last: av.VideoFrame | None = None
+        self.native_fps: float | None = None  # a generator may set it: current_session().media.native_fps
+
+    @property
+    def fps(self) -> float:
+        value = self.session.inputs.get("fps")
+        if value is None:
+            value = self.native_fps or self.spec.fps or 30.0
+        return float(value)
+
+    def outgoing_tracks(self, incoming: list[MediaStreamTrack]) -> list[MediaStreamTrack]:
+        s = self.session
+        track = PacedVideoTrack(self.produce, lambda: self.fps, s.id, s.worker, s.stream.observer)
+        s.tracks.append(track)
+        return [track]
+
+    async def start(self) -> None:
+        pass
+
+    def inputs_changed(self, values: dict[str, Any]) -> None:
+        self._args = self.session.stream.inputs.args(values)
+
+    def produce(self, pts_s: float) -> av.VideoFrame | None:
+        """In the session's worker thread: the generator's next frame."""
+        args = self._args
+        try:
+            if self._generator is None or args != self._generator_args:
+                self._close_generator()
+                self._generator, self._generator_args = iter(self.fn(*args)), args
+            out, extra = adapter.split_output(next(self._generator))
+        except StopIteration:
+            logger.info("session %s: the generator finished", self.session.id)
+            self.session.end_soon("closed_by_handler")
+            return self._last
+        except Exception as exc:
+            self.report_error(exc)
+            self._close_generator()  # start afresh next frame
+            return self._last
+        if _handle_side_output(self.session, extra) or out is None:
+            return self._last
+        frame = (
+            out
+            if isinstance(out, av.VideoFrame)
+            else av.VideoFrame.from_ndarray(
+                np.ascontiguousarray(np.asarray(out, dtype=np.uint8)[..., :3]), format="bgr24"
+            )
+        )
+        self._last = frame
+        return frame
+
+    def _close_generator(self) -> None:
+        generator, self._generator = self._generator, None
+        close = getattr(generator, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:
+                logger.exception("session %s: generator close failed", self.session.id)
+
+    def close(self) -> None:
+        # the generator lives in the worker thread; closing it there would race: the worker is
+        # shut down first, then the generator is closed here (its `finally` runs once).
+        self._close_generator()
+        if self.fn is not self.spec.callable:
+            _close_handler(self.fn)
+
+
+def _to_mono_int16(samples: np.ndarray) -> np.ndarray:
+    array = np.asarray(samples)
+    if array.ndim == 2:
+        array = array.mean(axis=0) if array.shape[0] <= 2 < array.shape[1] else array.mean(axis=-1)
+    if array.dtype.kind == "f":
+        return (np.clip(array, -1, 1) * 32767).astype(np.int16)
+    return array.astype(np.int16, copy=False).reshape(-1)
+
+
+class AudioHandlerMedia:
+    """An audio `StreamHandler`/`AsyncStreamHandler` copy for one session.
+
+    In: decoded audio resampled to the handler's `input_sample_rate` as it comes (no 60 ms frame
+    wait) and handed to `receive` (sync handlers in the worker thread). Out: `emit()` (sync ones in
+    the worker, with a short wait when idle instead of stock's spin) into a bounded, paced track.
+    """
+
+    def __init__(self, session: Session, handler: Any) -> None:
+        self.session = session
+        self.handler = session.context.run(handler.copy)
+        self.is_async = inspect.iscoroutinefunction(self.handler.receive)
+        self.report_error = _ErrorReporter(session, "the handler")
+        self.out_track: PacedAudioTrack | None = None
+        self.on_interrupt: Callable[[], None] | None = None  # a transport's own "clear" (phone)
+        self._resampler: av.AudioResampler | None = None
+        adapter.prepare_handler(
+            self.handler,
+            loop=asyncio.get_running_loop(),
+            channel=None,
+            clear_queue=self.clear_queue,
+            phone_mode=session.transport == "phone",
+        )
+        self._apply_inputs(session.inputs)
+        bind = getattr(self.handler, "bind_session", None)  # extension: the built-in chat reports state
+        if callable(bind):
+            bind(session)
+
+    # ---- WebRTC ----
+    def outgoing_tracks(self, incoming: list[MediaStreamTrack]) -> list[MediaStreamTrack]:
+        audio = [t for t in incoming if t.kind == "audio"]
+        if not audio:
+            raise ValueError("the offer sends no audio")
+        s = self.session
+        s.create_task(self._pump_in(audio[0]), "audio-in")
+        tracks: list[MediaStreamTrack] = []
+        if s.stream.mode == "send-receive":
+            self.out_track = PacedAudioTrack(self.handler.output_sample_rate)
+            s.tracks.append(self.out_track)
+            tracks.append(self.out_track)
+        return tracks
+
+    async def start(self) -> None:
+        await self._start_up()
+        if self.out_track is not None:
+            self.session.create_task(self._pump_out(), "audio-out")
+
+    def set_channel(self, channel: Any) -> None:
+        self.handler.set_channel(channel)
+
+    async def _start_up(self) -> None:
+        try:
+            result = self.handler.start_up()
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            self.report_error(exc)
+
+    async def _pump_in(self, track: MediaStreamTrack) -> None:
+        rate = self.handler.input_sample_rate
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if self._resampler is None:
+                self._resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+            for out in self._resampler.resample(frame):
+                await self.receive(rate, out.to_ndarray().reshape(-1))
+
+    async def _pump_out(self) -> None:
+        assert self.out_track is not None
+        while True:
+            audio = await self.next_audio()
+            if audio is None:
+                continue
+            rate, samples = audio
+            target = self.out_track.sample_rate
+            if rate != target:
+                samples = _to_mono_int16(
+                    resample(samples.astype(np.float32).reshape(-1) / 32768.0, rate, target)
+                )
+            await self.out_track.put(samples)
+
+    def clear_queue(self) -> None:
+        """Barge-in: drop the audio queued for the client (WebRTC track, or the phone's buffer)."""
+        if self.out_track is not None:
+            self.out_track.clear()
+        if self.on_interrupt is not None:
+            self.on_interrupt()
+
+    # ---- any transport ----
+    async def receive(self, rate: int, samples: np.ndarray) -> None:
+        """int16 (or float) mono samples at `rate`, in the handler's input rate and shape."""
+        want = self.handler.input_sample_rate
+        if rate != want:
+            samples = _to_mono_int16(
+                resample(
+                    samples.astype(np.float32).reshape(-1) / (32768.0 if samples.dtype == np.int16 else 1.0),
+                    rate,
+                    want,
+                )
+            )
+        frame = (want, _to_mono_int16(samples).reshape(1, -1))
+        try:
+            if self.is_async:
+                await self.handler.receive(frame)
+            else:
+                await self.session.worker.run(self.handler.receive, frame)
+        except MediaStreamError:
+            raise
+        except Exception as exc:
+            self.report_error(exc)
+
+    async def next_audio(self) -> tuple[int, np.ndarray] | None:
+        """The handler's next audio as (rate, int16 mono); None when it had nothing (outputs only)."""
+        try:
+            if inspect.iscoroutinefunction(self.handler.emit):
+                out = await self.handler.emit()
+            else:
+                out = await self.session.worker.run(self.handler.emit)
+                if out is None:
+                    await asyncio.sleep(0.01)  # stock spins here; a sync emit cannot wait for us
+        except MediaStreamError:
+            raise
+        except Exception as exc:
+            self.report_error(exc)
+            await asyncio.sleep(0.05)
+            return None
+        audio, extra = adapter.split_output(out)
+        _handle_side_output(self.session, extra)
+        if audio is None:
+            return None
+        rate, samples = audio[0], audio[1]
+        return int(rate), _to_mono_int16(samples)
+
+    def inputs_changed(self, values: dict[str, Any]) -> None:
+        self._apply_inputs(values)
+
+    def _apply_inputs(self, values: dict[str, Any]) -> None:
+        args = self.session.stream.inputs.args(values)
+        if args:
+            self.handler.set_args(args)  # fastrtc's convention: latest_args = ["__webrtc_value__", *args]
+        else:
+            self.handler.args_set.set()
+
+    def close(self) -> None:
+        self.handler.shutdown()
+
+
+class AudioVideoMedia(AudioHandlerMedia):
+    """`AudioVideoStreamHandler`: audio as above, plus video in (newest frame to `video_receive`)
+    and video out (`video_emit` paced at the handler's fps)."""
+
+    def outgoing_tracks(self, incoming: list[MediaStreamTrack]) -> list[MediaStreamTrack]:
+        tracks = super().outgoing_tracks(incoming)
+        s = self.session
+        video = [t for t in incoming if t.kind == "video"]
+        if video:
+            self._video_in = LatestFrameTrack(
+                video[0], self._video_receive, s.id, s.worker, s.stream.observer
+            )
+            s.tracks.append(self._video_in)
+            s.create_task(self._pull_video(), "video-in")
+        out = PacedVideoTrack(self._video_emit, lambda: float(self.handler.fps or 30), s.id, s.worker,
+                              s.stream.observer)  # fmt: skip
+        s.tracks.append(out)
+        return [*tracks, out]
+
+    async def _pull_video(self) -> None:
+        while True:
+            try:
+                await self._video_in.recv()
+            except MediaStreamError:
+                return
+
+    def _video_receive(self, frame: av.VideoFrame) -> None:
+        try:
+            result = self.handler.video_receive(frame.to_ndarray(format="bgr24"))
+            if inspect.isawaitable(result):
+                asyncio.run_coroutine_threadsafe(result, self.handler.loop).result(5)
+        except Exception as exc:
+            self.report_error(exc)
+        return None
+
+    def _video_emit(self, pts_s: float) -> av.VideoFrame | None:
+        try:
+            result = self.handler.video_emit()
+            if inspect.isawaitable(result):
+                result = asyncio.run_coroutine_threadsafe(result, self.handler.loop).result(5)
+            out, extra = adapter.split_output(result)
+        except Exception as exc:
+            self.report_error(exc)
+            return None
+        if _handle_side_output(self.session, extra) or out is None:
+            return None
+        return av.VideoFrame.from_ndarray(
+            np.ascontiguousarray(np.asarray(out, np.uint8)[..., :3]), format="bgr24"
+        )

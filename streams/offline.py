@@ -1,0 +1,16 @@
+"""Process environment defaults that keep the media stack offline; set before fastrtc/gradio load."""
+
+from __future__ import annotations
+
+import os
+
+OFFLINE_DEFAULTS = {
+    "GRADIO_ANALYTICS_ENABLED": "False",  # stops Gradio's version check and telemetry threads
+    "HF_HUB_OFFLINE": "1",  # nothing may download model weights at run time
+}
+
+
+def apply_offline_defaults() -> None:
+    """Set the defaults unless the operator set them explicitly."""
+    for key, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
