@@ -6,8 +6,8 @@ import argparse
 import contextlib
 import logging
 import os
-import socket
 import sys
+from typing import Any
 
 import uvicorn
 
@@ -55,19 +55,20 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     if args.phone:
-        # fastrtc's own service: a Gradio share tunnel registered with api.fastrtc.org
         serve_on_phone(app, token, settings)
         return
     print(f"Serving on http://{settings.host}:{settings.port}", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
 
 
-def serve_on_phone(app: object, token: str, settings: Settings) -> None:
-    """fastrtc's fastphone registers its own stock routes, which would bypass every limit here."""
-    sys.exit(
-        "--phone (fastphone) is not wired to the hardened /chat yet; for a number of your own, point a "
-        "Twilio Voice webhook at POST /chat/telephone/incoming (README, 'Phone calls')."
-    )
+def serve_on_phone(app: Any, token: str, settings: Settings) -> None:
+    """A temporary number (fastrtc's fastphone) that reaches the hardened /chat."""
+    from server.fastphone import PhoneUnavailable, serve_with_phone
+
+    try:
+        serve_with_phone(app, token, settings.host, settings.port, log_level=settings.log_level.lower())
+    except PhoneUnavailable as exc:
+        sys.exit(f"error: {exc}")
 
 
 def phone_preflight() -> str:
@@ -81,13 +82,6 @@ def phone_preflight() -> str:
     if not token:
         sys.exit(
             "--phone needs a Hugging Face token: set HF_TOKEN (fastphone gives 10 free minutes a month)."
-        )
-    try:
-        socket.getaddrinfo("api.fastrtc.org", 443)
-    except OSError:
-        sys.exit(
-            "--phone needs the internet (api.fastrtc.org and Gradio's share servers), and this machine cannot "
-            "reach it. For your own number, point a Twilio Voice webhook at POST /chat/telephone/incoming."
         )
     return token
 

@@ -83,7 +83,6 @@ class _ErrorReporter:
             logger.error("session %s: handler error #%d: %s", self.session.id, self.errors, exc, exc_info=exc)
             message = f"{self.what} failed ({type(exc).__name__}: {exc})"
             self.session.send_message({"type": "error", "message": message})
-            self.session.publish({"type": "error", "message": message})
 
 
 def _handle_side_output(session: Session, extra: Any) -> bool:

@@ -44,3 +44,37 @@ def app_with_gated_assistant() -> FastAPI:
 
     streams.assistant.load_assistant = gated_load  # type: ignore[assignment]
     return create_app(Settings())
+
+
+def phone_main() -> None:
+    """`python -m server --phone ...` with fastphone's two network steps (Gradio's tunnel, the
+    fastphone registry) replaced at their boundary; PHONE_FAKE picks what the registry answers:
+    `ok`, `quota` (HTTP 202) or `offline` (the internet cannot be reached)."""
+    import os
+    import sys
+
+    import httpx
+
+    import server.fastphone as fastphone
+    from server.__main__ import main
+
+    mode = os.environ.get("PHONE_FAKE", "ok")
+
+    class FakeBoundary(fastphone.PhoneBoundary):
+        def reachable(self) -> bool:
+            return mode != "offline"
+
+        def open_tunnel(self, host: str, port: int) -> str:
+            print(f"fake tunnel to {host}:{port}", flush=True)
+            return "https://fake-share.gradio.live"
+
+        def register(self, public_host: str, token: str) -> httpx.Response:
+            assert public_host == "fake-share.gradio.live" and token == os.environ["HF_TOKEN"]
+            request = httpx.Request("POST", "https://api.fastrtc.org/register")
+            if mode == "quota":
+                return httpx.Response(202, json={}, request=request)
+            body = {"phone": "+1 555 0100", "code": "4321", "time_remaining": 540, "reset_date": "2026-12-01"}
+            return httpx.Response(200, json=body, request=request)
+
+    fastphone.boundary = FakeBoundary()
+    main(sys.argv[1:])

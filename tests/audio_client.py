@@ -93,6 +93,7 @@ class ScriptTrack(AudioStreamTrack):
 @dataclass
 class ChatClient:
     base_url: str
+    stream: str = "chat"
     webrtc_id: str = field(default_factory=lambda: f"chat-{time.monotonic_ns()}")
     token: str | None = None
     received: list[tuple[float, float]] = field(default_factory=list)  # (arrival, rms)
@@ -110,7 +111,7 @@ class ChatClient:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "webrtc_id": self.webrtc_id}
         async with session_http(self.base_url, self.webrtc_id, self.token, timeout) as http:
-            resp = await http.post("/chat/webrtc/offer", json=body)
+            resp = await http.post(f"/{self.stream}/webrtc/offer", json=body)
         if resp.status_code != 200:
             raise RuntimeError(f"offer refused: {resp.status_code} {resp.text}")
         answer = resp.json()
@@ -142,7 +143,7 @@ class ChatClient:
 
     async def set_input(self, **params: Any) -> httpx.Response:
         async with session_http(self.base_url, self.webrtc_id, self.token) as http:
-            return await http.post("/chat/input", json={"webrtc_id": self.webrtc_id, **params})
+            return await http.post(f"/{self.stream}/input", json={"webrtc_id": self.webrtc_id, **params})
 
     async def close(self) -> None:
         if self._reader is not None:

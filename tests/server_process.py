@@ -23,11 +23,17 @@ def free_port() -> int:
 
 class ServerProcess:
     def __init__(
-        self, args: list[str] | None = None, env: dict[str, str] | None = None, log_name: str = "server"
+        self,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        log_name: str = "server",
+        cli: list[str] | None = None,
     ):
+        """`args`: run uvicorn with these instead of `python -m server`; `cli`: extra `python -m server` options."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.args = args
+        self.cli = list(cli or [])
         self.env = {
             **os.environ,
             "ICE_HOST_ADDRESSES": "127.0.0.1",
@@ -42,7 +48,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
         self.log_path.parent.mkdir(exist_ok=True)
-        cmd = [sys.executable, "-m", "server", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "server", "--port", str(self.port), *self.cli]
         if self.args:
             cmd = [
                 sys.executable,

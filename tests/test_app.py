@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -80,19 +79,11 @@ def test_geometric_filters_move_boxes_with_the_picture():
         assert out[y1 : y2 + 1, x1 : x2 + 1].min() == 255, name
 
 
-def test_phone_option_fails_clearly_without_token_or_internet():
+def test_phone_option_fails_clearly_without_a_token():
     env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
     env["HF_HOME"] = "/nonexistent-hf-home"  # no cached token either
     out = subprocess.run([sys.executable, "-m", "server", "--phone"], env=env, capture_output=True, text=True)
     assert out.returncode == 1 and "HF_TOKEN" in out.stderr, out.stderr[-500:]
-    try:
-        socket.getaddrinfo("api.fastrtc.org", 443)
-        return  # this machine is online: the second refusal cannot be shown here
-    except OSError:
-        pass
-    env["HF_TOKEN"] = "hf_dummy"
-    out = subprocess.run([sys.executable, "-m", "server", "--phone"], env=env, capture_output=True, text=True)
-    assert out.returncode == 1 and "needs the internet" in out.stderr, out.stderr[-500:]
 
 
 def test_bitrate_bounds_are_added_to_every_video_codec_in_the_answer():

@@ -24,7 +24,9 @@ class FakeSource:
         self.closed = True
 
     def track(self) -> PacedVideoTrack:
-        return PacedVideoTrack(self.produce, lambda: self.fps, "pace-test", Worker("pace"), on_stop=self.close)
+        return PacedVideoTrack(
+            self.produce, lambda: self.fps, "pace-test", Worker("pace"), on_stop=self.close
+        )
 
 
 async def pull(track: PacedVideoTrack, seconds: float) -> list[tuple[float, int]]:

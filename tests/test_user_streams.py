@@ -1,0 +1,239 @@
+"""Your own fastrtc handler, served hardened: fastrtc-style apps with only their import line changed,
+served by `python -m server --streams module:attr` and driven through the real protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.audio_client import ChatClient, speech
+from tests.rtc_client import ReceiveClient, VideoClient, percentile
+from tests.server_process import ROOT, ServerProcess, free_port
+from tests.test_chat_rtc import SENTENCE, wait_until
+from tests.test_video_rtc import read_sse
+from tests.ws_client import AudioSocketClient
+
+TOKEN = "user-streams-secret-token"
+APPS = [
+    "tests.user_apps.object_detection:stream",
+    "tests.user_apps.generator:stream",
+    "tests.user_apps.voice:stream",
+    "tests.user_apps.hardening:streams",
+]
+
+
+@pytest.fixture(scope="module")
+def users() -> Iterator[ServerProcess]:
+    """The server with four user apps beside the built-ins, and an access token required."""
+    cli = [arg for app in APPS for arg in ("--streams", app)]
+    with ServerProcess(cli=cli, env={"AUTH_TOKEN": TOKEN}, log_name="user-streams") as proc:
+        yield proc
+
+
+def outputs_url(server: ServerProcess, stream: str, webrtc_id: str) -> str:
+    return f"{server.base_url}/{stream}/outputs?webrtc_id={webrtc_id}&token={TOKEN}"
+
+
+async def test_user_streams_are_listed_beside_the_built_ins(users):
+    health = httpx.get(f"{users.base_url}/healthz").json()
+    assert set(health["streams"]) == {"video", "generate", "chat", "object_detection", "generator", "voice",
+                                      "slow", "every", "fragile"}  # fmt: skip
+    assert "Serving your stream 'object_detection' (video, send-receive) at /object_detection/" in users.log()
+
+
+async def test_object_detection_example_takes_its_slider_by_parameter_name(users):
+    client = VideoClient(users.base_url, stream="object_detection", token=TOKEN)
+    await client.connect()
+    try:
+        await client.wait_frames(10)
+        ok = await client.set_input(conf_threshold=0.62)
+        assert ok.status_code == 200 and ok.json()["params"] == {"conf_threshold": 0.62}, ok.text
+        events = await read_sse(outputs_url(users, "object_detection", client.webrtc_id), 5,
+                                until=lambda e: e.get("values", [None, None])[1] == 0.62)  # fmt: skip
+        assert events and events[-1] == {"type": "outputs", "values": [0, 0.62]}, events[-3:]
+        too_high = await client.set_input(conf_threshold=1.5)
+        assert too_high.status_code == 422 and too_high.json()["meta"]["error"] == "invalid_input"
+        assert "conf_threshold" in too_high.json()["message"] and "1" in too_high.json()["message"]
+        unknown = await client.set_input(iou=0.5)
+        assert unknown.status_code == 422 and "iou" in unknown.json()["message"]
+        await client.wait_frames(10)  # the stream goes on after refused inputs
+    finally:
+        await client.close()
+
+
+async def test_generator_example_is_paced_at_its_fps_and_follows_a_live_fps(users):
+    client = ReceiveClient(users.base_url, stream="generator", token=TOKEN)
+    await client.connect()
+    try:
+        await asyncio.sleep(2.0)
+        t0 = time.monotonic()
+        await asyncio.sleep(3.0)
+        assert abs(client.rate(t0) - 15) <= 1.5, (
+            f"VideoStreamHandler(fps=15) delivered {client.rate(t0):.1f} fps"
+        )
+        assert (await client.set_input(fps=25)).status_code == 200
+        await asyncio.sleep(1.5)
+        t1 = time.monotonic()
+        await asyncio.sleep(3.0)
+        assert abs(client.rate(t1) - 25) <= 2.5, f"live fps 25 delivered {client.rate(t1):.1f} fps"
+        counters = [c for t, c, _ in client.frames if t >= t0]
+        gaps = [b - a for a, b in zip(counters, counters[1:], strict=False) if b - a != 1]
+        assert gaps == [], f"a change of fps must not restart the generator: {gaps[:5]}"
+        bad = await client.set_input(colour="purple")
+        assert bad.status_code == 422 and "choose one of: red, green, blue" in bad.json()["message"]
+        assert (await client.set_input(colour="blue")).status_code == 200
+        assert (await client.set_input(fps=0)).status_code == 422
+    finally:
+        await client.close()
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+async def test_reply_on_pause_example_echoes_over_webrtc_and_websocket(users):
+    client = ChatClient(users.base_url, stream="voice", token=TOKEN)
+    await client.connect()
+    try:
+        clip = speech(SENTENCE)
+        _, ended = await client.mic.say(clip)
+        assert await wait_until(lambda: client.reply_audio(ended), 5), "no echo came back over WebRTC"
+        delay_ms = (client.reply_audio(ended)[0] - ended) * 1000
+        print(f"\nuser ReplyOnPause over WebRTC: end of speech -> first echo {delay_ms:.0f} ms")
+        assert delay_ms < 1500
+        assert client.logs("pause_detected") and client.logs("response_starting")
+    finally:
+        await client.close()
+    url = users.base_url.replace("http://", "ws://") + f"/voice/websocket/offer?token={TOKEN}"
+    async with AudioSocketClient(url) as ws:
+        await ws.start()
+        await ws.speak(None, 0.3)
+        ended = await ws.speak(speech(SENTENCE), 1.0)
+        assert await wait_until(lambda: ws.audible_after(ended), 5), ws.event_types()
+
+
+async def test_a_slow_user_handler_keeps_latency_bounded_and_other_sessions_unaffected(users):
+    slow = VideoClient(users.base_url, stream="slow", token=TOKEN)
+    other = VideoClient(users.base_url, stream="fragile", token=TOKEN)
+    await slow.connect()
+    await other.connect()
+    try:
+        await slow.wait_frames(5, timeout=20)
+        await other.wait_frames(30)
+        await asyncio.sleep(4)
+        slow_frames, other_frames = slow.window(3), other.window(3)
+        slow_p50 = percentile([r.latency_s for r in slow_frames], 50) * 1000
+        other_p50 = percentile([r.latency_s for r in other_frames], 50) * 1000
+        print(f"\n200 ms handler: {len(slow_frames) / 3:.1f} fps, p50 {slow_p50:.0f} ms; "
+              f"other session: {len(other_frames) / 3:.1f} fps, p50 {other_p50:.0f} ms")  # fmt: skip
+        assert all(r.orientation == "flip" for r in slow_frames[-5:]), "the slow handler's output arrives"
+        assert 3 <= len(slow_frames) / 3 <= 6, "newest-frame skipping: about 5 fps from a 200 ms handler"
+        assert slow_p50 < 600, f"latency must not build up behind a slow handler ({slow_p50:.0f} ms)"
+        assert len(other_frames) / 3 > 24 and other_p50 < 150, "another session is unaffected"
+        t0 = time.monotonic()
+        assert httpx.get(f"{users.base_url}/healthz").status_code == 200
+        assert time.monotonic() - t0 < 0.5, "the event loop stays free"
+    finally:
+        await slow.close()
+        await other.close()
+
+
+async def test_skip_frames_false_processes_every_frame_of_a_burst(users):
+    client = VideoClient(users.base_url, stream="every", token=TOKEN, fps=30)
+    await client.connect()
+    try:
+        await client.wait_frames(60)
+        sent = client.track.seq
+        await asyncio.sleep(1.0)
+        events = await read_sse(outputs_url(users, "every", client.webrtc_id), 3,
+                                until=lambda e: e.get("processed", 0) >= sent)  # fmt: skip
+        assert events and events[-1]["processed"] >= sent, (sent, events[-1:])
+        seqs = [r.seq for r in client.received]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "every frame came back, in order"
+    finally:
+        await client.close()
+
+
+async def test_a_raising_user_handler_is_reported_and_the_stream_goes_on(users):
+    client = VideoClient(users.base_url, stream="fragile", token=TOKEN)
+    await client.connect()
+    try:
+        await client.wait_frames(10)
+        assert client.received[-1].orientation == "flip"
+        assert (await client.set_input(fail=True)).status_code == 200
+        assert await wait_until(lambda: any(m.get("type") == "error" for m in client.messages), 5)
+        error = next(m for m in client.messages if m.get("type") == "error")
+        assert "the user's handler broke" in error["message"]
+        await client.wait_frames(20)
+        assert client.received[-1].orientation == "upright", "frames keep coming, unprocessed"
+        assert (await client.set_input(fail=False)).status_code == 200
+        await asyncio.sleep(0.5)
+        await client.wait_frames(10)
+        assert client.received[-1].orientation == "flip", "and are processed again once it recovers"
+    finally:
+        await client.close()
+    metrics = httpx.get(f"{users.base_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    assert 'rt_handler_errors_total{stream="fragile"}' in metrics
+
+
+async def test_limits_tokens_and_metrics_apply_to_user_streams(users):
+    body_for = lambda i: {"type": "offer", "webrtc_id": f"nobody-{i}", "sdp": "v=0"}  # noqa: E731
+    async with httpx.AsyncClient(base_url=users.base_url) as http:
+        resp = await http.post("/slow/webrtc/offer", json=body_for(1))
+        assert resp.status_code == 401 and resp.json()["meta"]["error"] == "unauthorized", resp.text
+    clients = [VideoClient(users.base_url, stream="slow", token=TOKEN) for _ in range(3)]
+    try:
+        await clients[0].connect()
+        await clients[1].connect()
+        with pytest.raises(RuntimeError, match="503.*concurrency_limit_reached"):
+            await clients[2].connect()
+        metrics = httpx.get(f"{users.base_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+        assert 'rt_sessions_active{stream="slow",transport="webrtc"} 2.0' in metrics
+        assert 'rt_offers_total{stream="slow",outcome="concurrency_limit_reached"}' in metrics
+    finally:
+        for c in clients:
+            if hasattr(c, "pc"):
+                await c.close()
+
+
+def start_failure(*streams: str) -> str:
+    """Run `python -m server --streams ...` and return what it printed when it refused to start."""
+    cli = [arg for s in streams for arg in ("--streams", s)]
+    proc = subprocess.run([sys.executable, "-m", "server", "--port", str(free_port()), *cli], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode != 0, f"the server started: {proc.stdout[-500:]}"
+    return proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("tests.user_apps.bad.clash:stream", "two streams are named 'video' (a built-in stream)"),
+        ("tests.user_apps.bad.broken:stream", "cannot import tests.user_apps.bad.broken: RuntimeError: this module has a bug on line 3 (broken.py:3)"),
+        ("tests.user_apps.bad.audio_function:stream", "wrap your function as ReplyOnPause(fn)"),
+        ("tests.user_apps.bad.stock:stream", "is not a streams.Stream (build it with `from streams import Stream`"),
+        ("tests.user_apps.voice:nothing", "has no attribute 'nothing'"),
+        ("tests.user_apps.nowhere:stream", "cannot import tests.user_apps.nowhere: ModuleNotFoundError"),
+        ("tests.user_apps.voice", "expected MODULE:ATTR"),
+    ],
+    ids=["name-clash", "import-error", "unsupported-shape", "stock-stream", "no-attribute", "no-module", "no-attr"],
+)  # fmt: skip
+def test_a_bad_streams_option_stops_start_up_with_one_clear_line(spec, expected):
+    line = start_failure(spec)
+    assert line.startswith("error: --streams") or line.startswith("error: two streams"), line
+    assert expected in line, line
+
+
+def test_create_app_refuses_a_second_stream_with_the_same_name():
+    from server.app import create_app
+    from server.user_streams import StartupError
+    from streams import Stream
+
+    first = Stream(lambda frame: frame, modality="video", name="mine")
+    second = Stream(lambda frame: frame, modality="video", name="mine")
+    with pytest.raises(StartupError, match="two streams are named 'mine'"):
+        create_app(streams=[first, second])
