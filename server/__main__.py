@@ -68,7 +68,8 @@ def serve_on_phone(app: Any, token: str, settings: Settings) -> None:
     try:
         serve_with_phone(app, token, settings.host, settings.port, log_level=settings.log_level.lower())
     except PhoneUnavailable as exc:
-        sys.exit(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        os._exit(1)  # model-loading threads may still be inside native code: skip interpreter teardown
 
 
 def phone_preflight() -> str:
@@ -83,6 +84,10 @@ def phone_preflight() -> str:
         sys.exit(
             "--phone needs a Hugging Face token: set HF_TOKEN (fastphone gives 10 free minutes a month)."
         )
+    from server.fastphone import OFFLINE_MESSAGE, boundary
+
+    if not boundary.reachable():
+        sys.exit(f"error: {OFFLINE_MESSAGE}")
     return token
 
 

@@ -33,6 +33,13 @@ logger = logging.getLogger(__name__)
 STATIC_DIR = REPO_ROOT / "static"
 
 
+class _Named:
+    """A built-in stream's name, for the clash check before the built-ins are built."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -59,6 +66,7 @@ def create_app(
     from streams.vad import SileroVAD
     from streams.video import create_video_stream
 
+    check_names([_Named("video"), _Named("generate"), _Named("chat"), *streams])  # before any model loads
     detector = Detector(
         settings.detector_model_path,
         threads=settings.detector_threads,
@@ -128,7 +136,6 @@ def create_app(
     )
 
     served = [video, generate, chat, *streams]
-    check_names(served)
     budget = SessionBudget(max_sessions=settings.max_sessions, max_pending=settings.max_pending_offers)
     for stream in served:
         stream.join(budget, pending_timeout_s=settings.pending_offer_timeout_s)
@@ -170,6 +177,7 @@ def create_app(
         RateLimiter(settings.offer_rate_per_minute, settings.offer_rate_burst),
         app.state.metrics.count_refusal,
     )
+    app.state.guard = guard
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(OriginGuard, allowed=settings.allowed_origins)
 

@@ -23,9 +23,16 @@ from typing import Any
 import httpx
 import uvicorn
 from fastapi import FastAPI
-from starlette.routing import BaseRoute
+
+from server.routes import mount_root_phone_routes
 
 REGISTRY_URLS = ("https://api.fastrtc.org", "https://fastrtc-fastphone.hf.space")
+
+
+OFFLINE_MESSAGE = (
+    "--phone needs the internet (api.fastrtc.org and Gradio's share servers), and this machine cannot "
+    "reach it. For your own number, point a Twilio Voice webhook at POST /chat/telephone/incoming."
+)
 
 
 class PhoneUnavailable(Exception):
@@ -78,36 +85,10 @@ class PhoneNumber:
     public_url: str
 
 
-def add_root_phone_routes(app: FastAPI, stream: str = "chat") -> None:
-    """`/telephone/incoming` and `/telephone/handler` as aliases of `/{stream}/telephone/...` (the
-    same endpoints: same checks, same sessions), placed before the page's catch-all mount."""
-    aliases: list[BaseRoute] = []
-    for route in app.router.routes:
-        path = getattr(route, "path", "")
-        if path == f"/{stream}/telephone/incoming":
-            app.add_api_route(
-                "/telephone/incoming", route.endpoint, methods=["POST"], include_in_schema=False
-            )  # type: ignore[attr-defined]
-            aliases.append(app.router.routes[-1])
-        elif path == f"/{stream}/telephone/handler":
-            app.add_api_websocket_route("/telephone/handler", route.endpoint)  # type: ignore[attr-defined]
-            aliases.append(app.router.routes[-1])
-    if len(aliases) != 2:
-        raise PhoneUnavailable(f"/{stream} has no phone routes (is it an audio stream?)")
-    for alias in aliases:
-        app.router.routes.remove(alias)
-        app.router.routes.insert(0, alias)
-
-
 def serve_with_phone(app: FastAPI, token: str, host: str, port: int, **uvicorn_kwargs: Any) -> None:
     """Serve `app` (in this thread, so SIGTERM drains as usual); once it is up, tunnel to it and
     register the tunnel, then print the number to call. Any failure stops the server and raises."""
-    if not boundary.reachable():
-        raise PhoneUnavailable(
-            "--phone needs the internet (api.fastrtc.org and Gradio's share servers), and this machine cannot "
-            "reach it. For your own number, point a Twilio Voice webhook at POST /chat/telephone/incoming."
-        )
-    add_root_phone_routes(app)
+    mount_root_phone_routes(app)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **uvicorn_kwargs))
     failure: list[str] = []
 

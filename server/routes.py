@@ -182,6 +182,22 @@ def mount_stream(app: FastAPI, stream: Stream, guard: SessionGuard) -> None:
     app.state.streams[name] = stream
 
 
+def mount_root_phone_routes(app: FastAPI, name: str = "chat") -> None:
+    """`/telephone/incoming` and `/telephone/handler` at the root (where stock fastrtc mounts them and
+    fastphone calls them), serving stream `name`'s sessions with the same checks; placed before the
+    page's catch-all mount."""
+    stream = app.state.streams.get(name)
+    if stream is None or stream.modality != "audio":
+        raise ValueError(f"/{name} is not an audio stream: it has no phone routes")
+    router = APIRouter(tags=[name])
+    _mount_audio_transports(router, stream, name, app.state.settings, app.state.guard)
+    before = len(app.router.routes)
+    app.include_router(router)
+    added = app.router.routes[before:]
+    del app.router.routes[before:]
+    app.router.routes[0:0] = added
+
+
 def _mount_audio_transports(
     router: APIRouter, stream: Stream, name: str, settings: Any, guard: SessionGuard
 ) -> None:

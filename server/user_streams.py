@@ -56,7 +56,7 @@ def load_streams(spec: str) -> list[Stream]:
     return found
 
 
-def check_names(streams: Iterable[Stream]) -> None:
+def check_names(streams: Iterable[Any]) -> None:
     """Every stream needs its own URL prefix, none of the server's own."""
     seen: set[str] = set()
     for stream in streams:

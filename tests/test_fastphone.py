@@ -68,7 +68,8 @@ async def test_the_temporary_number_reaches_the_hardened_chat():
             ended = await caller.speak(speech(SENTENCE), 1.0)
             assert await wait_until(lambda: caller.audible_after(ended), 5), caller.event_types()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
+        # uvicorn re-raises the signal once it has drained, so the exit status is SIGTERM's own
+        assert proc.wait(15) in (0, -signal.SIGTERM)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -193,7 +193,9 @@ async def test_limits_tokens_and_metrics_apply_to_user_streams(users):
             await clients[2].connect()
         metrics = httpx.get(f"{users.base_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
         assert 'rt_sessions_active{stream="slow",transport="webrtc"} 2.0' in metrics
-        assert 'rt_offers_total{stream="slow",outcome="concurrency_limit_reached"}' in metrics
+        assert 'rt_offers_total{outcome="concurrency_limit_reached",stream="slow"}' in metrics, [
+            l for l in metrics.splitlines() if "slow" in l
+        ]
     finally:
         for c in clients:
             if hasattr(c, "pc"):
