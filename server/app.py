@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,6 +26,7 @@ from server.offers import refusal
 from server.routes import SessionGuard, denied_response, describe_errors, mount_stream
 from server.shutdown import Drain
 from server.user_streams import check_names
+from streams.runtime import SessionBudget
 from streams.stream import Stream
 
 logger = logging.getLogger(__name__)
@@ -55,13 +56,12 @@ def create_app(
     ice = IceConfig(settings)
     set_dead_peer_timeout(settings.ice_dead_peer_timeout_s)
 
-    # Imported here so the offline defaults above are in place before gradio loads.
+    # The built-ins' modules (models, codecs) are imported only when they are built.
     from streams.assistant import BackgroundLoaded, load_assistant
     from streams.chat import EchoResponder, Responder, create_chat_stream
     from streams.detection import Detector
     from streams.filters import FILTERS
     from streams.generation import create_generate_stream, ensure_sample_clip
-    from streams.runtime import SessionBudget
     from streams.turns import TurnSettings
     from streams.vad import SileroVAD
     from streams.video import create_video_stream
@@ -135,7 +135,43 @@ def create_app(
         server_rtc_configuration=ice.server_configuration,
     )
 
-    served = [video, generate, chat, *streams]
+    def health() -> dict[str, Any]:
+        return {"detector": {"model": detector.model_path.name, "format": detector.format,
+                             "providers": detector.providers},
+                "assistant": getattr(responders.get("assistant"), "state", "disabled")}  # fmt: skip
+
+    def loading() -> list[str]:
+        return [n for n, r in responders.items() if getattr(r, "state", "ready") == "loading"]
+
+    app = FastAPI(title="rtserver", version="0.1.0")
+    app.state.detector = detector
+    serve_streams(
+        app, settings, [video, generate, chat, *streams], ice=ice, health=health, loading=loading,
+        on_stop=lambda: detect_executor.shutdown(wait=False, cancel_futures=True),
+    )  # fmt: skip
+    if Path(STATIC_DIR).is_dir():
+        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
+    return app
+
+
+def serve_streams(
+    app: FastAPI,
+    settings: Settings,
+    served: Sequence[Stream],
+    *,
+    ice: IceConfig | None = None,
+    health: Callable[[], dict[str, Any]] = dict,
+    loading: Callable[[], list[str]] = list,
+    on_stop: Callable[[], None] | None = None,
+) -> None:
+    """Everything a stream gets from this server, on `app`: one session budget, the drain, access
+    and rate checks, metrics, the error renderer, each stream's routes, and the ops routes.
+    Used by `create_app` and by `streams.Stream.mount` (a fastrtc app's own FastAPI app)."""
+    check_names(served)
+    if ice is None:
+        pin_host_addresses(settings.ice_host_addresses)
+        set_dead_peer_timeout(settings.ice_dead_peer_timeout_s)
+        ice = IceConfig(settings)
     budget = SessionBudget(max_sessions=settings.max_sessions, max_pending=settings.max_pending_offers)
     for stream in served:
         stream.join(budget, pending_timeout_s=settings.pending_offer_timeout_s)
@@ -149,28 +185,32 @@ def create_app(
         budget.draining = True
 
     drain = Drain(start_draining, close_all_sessions, settings.shutdown_grace_s)
+    access = Access(settings.instance_id, settings.auth_token, settings.session_token_ttl_s)
+    outer_lifespan = app.router.lifespan_context
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[Any]:
         drain.install()
         ice_refresher = asyncio.create_task(ice.keep_fresh(), name="turn-provider-refresh")
         logger.info(
             "server ready: instance %s, streams %s, access token %s",
             settings.instance_id, ", ".join(app.state.streams), "required" if access.required else "off",
         )  # fmt: skip
-        yield
-        ice_refresher.cancel()
-        await drain.finish()
-        detect_executor.shutdown(wait=False, cancel_futures=True)
-        logger.info("server stopped")
+        try:
+            async with outer_lifespan(app) as state:
+                yield state
+        finally:
+            ice_refresher.cancel()
+            await drain.finish()
+            if on_stop is not None:
+                on_stop()
+            logger.info("server stopped")
 
-    app = FastAPI(title="rtserver", version="0.1.0", lifespan=lifespan)
+    app.router.lifespan_context = lifespan
     app.state.settings = settings
     app.state.streams = {}
-    app.state.detector = detector
     app.state.budget = budget
     app.state.metrics = Metrics(lambda: app.state.streams)
-    access = Access(settings.instance_id, settings.auth_token, settings.session_token_ttl_s)
     app.state.access = access
     guard = SessionGuard(
         access,
@@ -205,19 +245,17 @@ def create_app(
             "status": "ok",
             "instance": settings.instance_id,
             "streams": {n: s.active_sessions for n, s in app.state.streams.items()},
-            "detector": {"model": detector.model_path.name, "format": detector.format,
-                         "providers": detector.providers},
-            "assistant": getattr(responders.get("assistant"), "state", "disabled"),
-        }  # fmt: skip
+            **health(),
+        }
 
     @app.get("/readyz", tags=["ops"])
     async def readyz() -> Any:
         """Ready for traffic: not draining, and no model still loading (a load balancer waits)."""
-        loading = [n for n, r in responders.items() if getattr(r, "state", "ready") == "loading"]
+        still_loading = loading()
         if budget.draining:
             return refusal(503, "shutting_down", "the server is shutting down")
-        if loading:
-            return refusal(503, "loading", f"still loading models: {', '.join(loading)}")
+        if still_loading:
+            return refusal(503, "loading", f"still loading models: {', '.join(still_loading)}")
         return {"status": "ready"}
 
     @app.get("/metrics", tags=["ops"])
@@ -233,7 +271,3 @@ def create_app(
         if denied is not None:
             return denied_response(denied)
         return ice.client_configuration()
-
-    if Path(STATIC_DIR).is_dir():
-        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
-    return app

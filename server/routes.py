@@ -125,7 +125,7 @@ def mount_stream(app: FastAPI, stream: Stream, guard: SessionGuard) -> None:
         raise ValueError("a served stream needs a name (its URL prefix): Stream(..., name='mystream')")
     if name in app.state.streams:
         raise ValueError(f"two streams are named {name!r}: each needs its own name (its URL prefix)")
-    router = APIRouter(prefix=f"/{name}", tags=[name])
+    router = APIRouter(prefix=f"/{name}" if name else "", tags=[name or "stream"])
     offers = app.state.metrics.offers
     settings = app.state.settings
 
@@ -227,7 +227,7 @@ def _mount_audio_transports(
     access = guard.access
     router.post("/telephone/incoming", name=f"{name}_incoming_call")(
         make_incoming_call_route(
-            f"/{name}/telephone/handler",
+            f"/{name}/telephone/handler" if name else "/telephone/handler",
             settings.twilio_auth_token,
             stream_token=(lambda: access.sign(PHONE_SUBJECT, ttl_s=60)) if access.required else None,
         )

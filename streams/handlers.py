@@ -135,8 +135,9 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
         dropped = self._out.qsize()
         while not self._out.empty():
             self._out.get_nowait()
-        if self._clear_queue is not None:
-            self._clear_queue()  # the transport's queue (WebRTC track, Twilio "clear")
+        clear = self.clear_queue  # the transport's queue (WebRTC track, Twilio "clear"); set per session
+        if clear is not None:
+            clear()
         self._play_clock = None
         logger.info("session %s: barge-in, reply stopped (%d chunks dropped)", self.session_id, dropped)
         self.publish({"type": "interrupted"})

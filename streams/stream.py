@@ -195,6 +195,23 @@ class Stream:
             names, defaults, hints = names_from_components(components), {}, {}
         return factory, build_inputs(names, components, defaults, hints)
 
+    # ---- serving ----
+    def mount(self, app: Any, path: str = "") -> None:
+        """fastrtc's `stream.mount(app, path)`: serve this stream on your own FastAPI app, with the
+        server's limits, tokens, metrics and drain (settings from the environment, see README).
+
+        The routes are fastrtc's: `{path}/webrtc/offer`, plus `{path}/input` and `{path}/outputs`.
+        This is the one place `streams` reaches into the HTTP layer, so that a fastrtc app file
+        works with only its import line changed.
+        """
+        from server.app import serve_streams  # the HTTP layer, imported only when asked to serve
+        from server.config import Settings
+
+        self.name = path.strip("/") if path.strip("/") else (self.name or "")
+        if getattr(app.state, "streams", None) is not None:
+            raise RuntimeError("this app already serves streams: give every stream to one mount (create_app)")
+        serve_streams(app, Settings(), [self])
+
     # ---- capacity ----
     def join(self, budget: SessionBudget, *, pending_timeout_s: float) -> None:
         """Share `budget` (server-wide limits) with the server's other streams."""
@@ -403,8 +420,3 @@ class Stream:
     async def close_all(self, reason: str = "server_shutdown") -> None:
         sessions = list(self.sessions.values())
         await asyncio.gather(*(s.end(reason) for s in sessions), return_exceptions=True)
-
-    def describe(self) -> dict[str, Any]:
-        """What a client needs to know: modality, mode and the inputs with their defaults."""
-        return {"name": self.name, "modality": self.modality, "mode": self.mode,
-                "inputs": dict(self.inputs.defaults)}  # fmt: skip

@@ -51,6 +51,11 @@ async def issue_session(base_url: str, token: str | None = None) -> tuple[str, s
     return body["webrtc_id"], body["token"]
 
 
+def route(stream: str, path: str) -> str:
+    """A stream's route; a stream mounted at the root (fastrtc's `stream.mount(app)`) has no prefix."""
+    return f"/{stream}{path}" if stream else path
+
+
 def pin_loopback() -> None:
     """aioice skips 127.0.0.1; on a loopback-only machine the client must offer it explicitly."""
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
@@ -171,7 +176,7 @@ class VideoClient:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "webrtc_id": self.webrtc_id}
         async with session_http(self.base_url, self.webrtc_id, self.token, timeout) as http:
-            resp = await http.post(f"/{self.stream}/webrtc/offer", json=body)
+            resp = await http.post(route(self.stream, "/webrtc/offer"), json=body)
         answer = resp.json()
         if resp.status_code != 200:
             raise RuntimeError(f"offer refused: {resp.status_code} {answer}")
@@ -208,7 +213,7 @@ class VideoClient:
 
     async def set_input(self, **params: Any) -> httpx.Response:
         async with session_http(self.base_url, self.webrtc_id, self.token) as http:
-            return await http.post(f"/{self.stream}/input", json={"webrtc_id": self.webrtc_id, **params})
+            return await http.post(route(self.stream, "/input"), json={"webrtc_id": self.webrtc_id, **params})
 
     def window(self, seconds: float) -> list[Received]:
         """Frames received in the last `seconds`."""
@@ -255,7 +260,7 @@ class ReceiveClient:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "webrtc_id": self.webrtc_id}
         async with session_http(self.base_url, self.webrtc_id, self.token, timeout) as http:
-            resp = await http.post(f"/{self.stream}/webrtc/offer", json=body)
+            resp = await http.post(route(self.stream, "/webrtc/offer"), json=body)
         if resp.status_code != 200:
             raise RuntimeError(f"offer refused: {resp.status_code} {resp.text}")
         answer = resp.json()
@@ -278,7 +283,7 @@ class ReceiveClient:
 
     async def set_input(self, **params: Any) -> httpx.Response:
         async with session_http(self.base_url, self.webrtc_id, self.token) as http:
-            return await http.post(f"/{self.stream}/input", json={"webrtc_id": self.webrtc_id, **params})
+            return await http.post(route(self.stream, "/input"), json={"webrtc_id": self.webrtc_id, **params})
 
     async def close(self) -> None:
         if self._reader is not None:

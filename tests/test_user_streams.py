@@ -193,9 +193,7 @@ async def test_limits_tokens_and_metrics_apply_to_user_streams(users):
             await clients[2].connect()
         metrics = httpx.get(f"{users.base_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
         assert 'rt_sessions_active{stream="slow",transport="webrtc"} 2.0' in metrics
-        assert 'rt_offers_total{outcome="concurrency_limit_reached",stream="slow"}' in metrics, [
-            l for l in metrics.splitlines() if "slow" in l
-        ]
+        assert 'rt_offers_total{outcome="concurrency_limit_reached",stream="slow"}' in metrics
     finally:
         for c in clients:
             if hasattr(c, "pc"):
@@ -239,3 +237,73 @@ def test_create_app_refuses_a_second_stream_with_the_same_name():
     second = Stream(lambda frame: frame, modality="video", name="mine")
     with pytest.raises(StartupError, match="two streams are named 'mine'"):
         create_app(streams=[first, second])
+
+
+async def test_a_fastrtc_app_mounting_its_stream_on_its_own_fastapi_app_is_served_hardened():
+    """`stream.mount(app)` then `uvicorn module:app`, as in fastrtc's docs: fastrtc's root routes,
+    the app's own routes, and the server's checks (limit 1 by default, metrics, drain)."""
+    with ServerProcess(args=["tests.user_apps.mounted:app"], log_name="mounted") as server:
+        assert httpx.get(f"{server.base_url}/hello").json() == {"hello": "world"}
+        client = VideoClient(server.base_url, stream="")
+        second = VideoClient(server.base_url, stream="")
+        await client.connect()
+        try:
+            await client.wait_frames(10)
+            assert client.received[-1].orientation == "flip"
+            with pytest.raises(RuntimeError, match="503.*concurrency_limit_reached"):
+                await second.connect()  # fastrtc's default concurrency_limit is 1
+            metrics = httpx.get(f"{server.base_url}/metrics").text
+            assert 'rt_sessions_active{stream="",transport="webrtc"} 1.0' in metrics
+        finally:
+            await client.close()
+            if hasattr(second, "pc"):
+                await second.pc.close()
+
+
+# fastrtc's documented browser client (data channel before the offer, whole offer after ICE
+# gathering), pointed at a user stream's routes, plus its input and outputs by name.
+FASTRTC_PAGE = """<!doctype html><video id="remote" autoplay playsinline muted></video><script>
+const token = "%(token)s", stream = "%(stream)s", webrtc_id = "page-" + Math.random().toString(36).slice(2);
+const auth = {"Content-Type": "application/json", "Authorization": "Bearer " + token};
+window.outputs = [];
+window.start = async () => {
+  const pc = new RTCPeerConnection({iceServers: []});
+  const camera = await navigator.mediaDevices.getUserMedia({video: true});
+  camera.getTracks().forEach((t) => pc.addTrack(t, camera));
+  pc.createDataChannel("text");
+  pc.ontrack = (e) => { document.getElementById("remote").srcObject = e.streams[0] || new MediaStream([e.track]); };
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((r) => { if (pc.iceGatheringState === "complete") r();
+    else pc.addEventListener("icegatheringstatechange", () => pc.iceGatheringState === "complete" && r()); });
+  const resp = await fetch(`/${stream}/webrtc/offer`, {method: "POST", headers: auth,
+    body: JSON.stringify({sdp: pc.localDescription.sdp, type: "offer", webrtc_id})});
+  await pc.setRemoteDescription(await resp.json());
+  const events = new EventSource(`/${stream}/outputs?webrtc_id=${webrtc_id}&token=${token}`);
+  events.onmessage = (e) => window.outputs.push(JSON.parse(e.data));
+  window.setInput = async (values) => (await fetch(`/${stream}/input`, {method: "POST", headers: auth,
+    body: JSON.stringify({webrtc_id, ...values})})).status;
+};
+</script>"""
+
+
+@pytest.mark.skipif(shutil.which("/usr/bin/chromium") is None, reason="Debian chromium is not installed")
+async def test_chromium_with_fastrtcs_client_code_drives_a_user_stream(users):
+    from tests.test_browser import COUNT_FRAMES, chromium_page
+
+    errors: list[str] = []
+    page_url = f"{users.base_url}/fastrtc-client.html"
+    html = FASTRTC_PAGE % {"token": TOKEN, "stream": "object_detection"}
+    async with chromium_page(f"{users.base_url}/healthz", errors) as page:
+        await page.route(page_url, lambda route: route.fulfill(body=html, content_type="text/html"))
+        await page.goto(page_url)
+        await page.evaluate("window.start()")
+        await page.wait_for_function("document.getElementById('remote').videoWidth > 0", timeout=20000)
+        frames = await page.evaluate(COUNT_FRAMES, "remote")
+        assert frames >= 15, f"only {frames} frames in 3 s from a detector handler"
+        assert await page.evaluate("window.setInput({conf_threshold: 0.55})") == 200
+        assert await page.evaluate("window.setInput({conf_threshold: 7})") == 422
+        await page.wait_for_function(
+            "window.outputs.some((o) => o.values && o.values[1] === 0.55)", timeout=10000
+        )
+        await page.screenshot(path=str(ROOT / "test-artifacts" / "user-stream-chromium.png"))
+    assert [e for e in errors if "422" not in e] == [], errors
