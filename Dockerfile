@@ -11,7 +11,7 @@ ARG CUDA_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
 
 FROM ${PYTHON_IMAGE} AS cpu
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False HOST=0.0.0.0 PORT=8000
+    HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False ORT_DISABLE_TELEMETRY=1 HOST=0.0.0.0 PORT=8000
 RUN apt-get update && apt-get install -y --no-install-recommends espeak-ng libgomp1 \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
@@ -28,7 +28,7 @@ CMD ["python", "-m", "server", "--host", "0.0.0.0", "--port", "8000"]
 
 FROM ${CUDA_IMAGE} AS gpu
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False HOST=0.0.0.0 PORT=8000 DEBIAN_FRONTEND=noninteractive
+    HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False ORT_DISABLE_TELEMETRY=1 HOST=0.0.0.0 PORT=8000 DEBIAN_FRONTEND=noninteractive
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip python3-venv \
     espeak-ng libgomp1 && rm -rf /var/lib/apt/lists/* && ln -sf /usr/bin/python3 /usr/local/bin/python
 WORKDIR /app

@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
-APT_PACKAGES := chromium coturn espeak-ng sox nginx
+APT_PACKAGES := chromium coturn espeak-ng sox nginx strace
 
 .PHONY: run test lint bench system-deps gpu clean
 
@@ -21,7 +21,7 @@ $(VENV)/.dev-installed: pyproject.toml $(VENV)/.run-installed
 run: $(VENV)/.run-installed
 	$(PYTHON) -m server --host $(HOST) --port $(PORT)
 
-# Debian packages the tests drive for real (browser, TURN server, speech, proxy); installed when we are root.
+# Debian packages the tests drive for real (browser, TURN server, speech, proxy, network audit); installed when we are root.
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
@@ -29,6 +29,7 @@ system-deps:
 	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
 	command -v sox >/dev/null || missing="$$missing sox"; \
 	command -v nginx >/dev/null || test -x /usr/sbin/nginx || missing="$$missing nginx"; \
+	command -v strace >/dev/null || missing="$$missing strace"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "installing:$$missing"; \

@@ -40,7 +40,7 @@ PHONE_SUBJECT = "phone"  # what the token in our TwiML is signed for: the call's
 
 @dataclass(frozen=True)
 class Denied:
-    """A refusal in the server's one error shape (see `server.offers.refusal`)."""
+    """A refusal in the server's one error shape (see `server.errors`)."""
 
     status: int
     code: str

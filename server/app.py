@@ -11,19 +11,18 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
 from server.access import Access, OriginGuard, credential_of
 from server.config import REPO_ROOT, SAMPLE_CLIP, Settings
 from server.env import apply_offline_defaults
+from server.errors import Refusal, install_error_handlers
 from server.ice import IceConfig, pin_host_addresses, set_dead_peer_timeout
 from server.limits import BodySizeLimit, RateLimiter
 from server.metrics import Metrics
-from server.offers import refusal
-from server.routes import SessionGuard, denied_response, describe_errors, mount_stream
+from server.routes import SessionGuard, mount_stream, refuse
 from server.shutdown import Drain
 from server.user_streams import check_names
 from streams.runtime import SessionBudget
@@ -221,22 +220,26 @@ def serve_streams(
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(OriginGuard, allowed=settings.allowed_origins)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return refusal(422, "invalid_request", describe_errors(list(exc.errors())))
-
+    install_error_handlers(app)
     for stream in served:
         mount_stream(app, stream, guard)
 
-    def credential(request: Request) -> str | None:
-        return credential_of(request.headers, request.query_params)
-
-    @app.post("/api/session", tags=["access"])
-    async def new_session(request: Request) -> Any:
-        """A server-issued session id (naming this process) and, with AUTH_TOKEN set, its token."""
-        denied = access.check_master(credential(request))
+    def master(request: Request) -> None:
+        """Dependency: the master access token (when AUTH_TOKEN is set)."""
+        denied = access.check_master(credential_of(request.headers, request.query_params))
         if denied is not None:
-            return denied_response(denied)
+            raise refuse(denied)
+
+    def any_credential(request: Request) -> None:
+        """Dependency: the master token or a session token for `?webrtc_id=`."""
+        credential = credential_of(request.headers, request.query_params)
+        denied = access.check_any(credential, request.query_params.get("webrtc_id"))
+        if denied is not None:
+            raise refuse(denied)
+
+    @app.post("/api/session", tags=["access"], dependencies=[Depends(master)])
+    async def new_session() -> Any:
+        """A server-issued session id (naming this process) and, with AUTH_TOKEN set, its token."""
         return access.issue()
 
     @app.get("/healthz", tags=["ops"])
@@ -253,21 +256,15 @@ def serve_streams(
         """Ready for traffic: not draining, and no model still loading (a load balancer waits)."""
         still_loading = loading()
         if budget.draining:
-            return refusal(503, "shutting_down", "the server is shutting down")
+            raise Refusal(503, "shutting_down", "the server is shutting down")
         if still_loading:
-            return refusal(503, "loading", f"still loading models: {', '.join(still_loading)}")
+            raise Refusal(503, "loading", f"still loading models: {', '.join(still_loading)}")
         return {"status": "ready"}
 
-    @app.get("/metrics", tags=["ops"])
-    async def metrics(request: Request) -> Response:
-        denied = access.check_master(credential(request))
-        if denied is not None:
-            return denied_response(denied)
+    @app.get("/metrics", tags=["ops"], dependencies=[Depends(master)])
+    async def metrics() -> Response:
         return Response(app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/api/rtc-config", tags=["ice"])
-    async def rtc_config(request: Request) -> Any:
-        denied = access.check_any(credential(request), request.query_params.get("webrtc_id"))
-        if denied is not None:
-            return denied_response(denied)
+    @app.get("/api/rtc-config", tags=["ice"], dependencies=[Depends(any_credential)])
+    async def rtc_config() -> Any:
         return ice.client_configuration()

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from aiortc.sdp import SessionDescription
-from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.bitrate import apply_bitrate_bounds
+from server.errors import Refusal
 from streams.runtime import OfferRejected
 from streams.stream import Stream
 
@@ -21,22 +20,6 @@ logger = logging.getLogger(__name__)
 MAX_SDP_CHARS = 100_000
 MAX_MEDIA_SECTIONS = 4  # audio, video, data: hundreds of sections only cost the server memory and time
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
-
-# Stock fastrtc answers every refusal with HTTP 200; these are the codes we use instead.
-STATUS_BY_CODE = {
-    "invalid_sdp": 400,
-    "invalid_offer": 400,
-    "invalid_candidate_format": 400,
-    "unknown_connection": 404,
-    "connection_already_exists": 409,
-    "connection_closed": 409,
-    "concurrency_limit_reached": 503,
-    "server_limit_reached": 503,
-    "too_many_pending_offers": 503,
-    "shutting_down": 503,
-    "session_failed": 503,
-    "unsupported_transport": 400,
-}
 
 
 class OfferBody(BaseModel):
@@ -48,14 +31,6 @@ class OfferBody(BaseModel):
     webrtc_id: str = Field(pattern=SESSION_ID_PATTERN)
     sdp: str | None = Field(None, max_length=MAX_SDP_CHARS)
     candidate: dict[str, Any] | None = None
-
-
-def refusal(status: int, code: str, message: str, **meta: Any) -> JSONResponse:
-    """The one error shape of this server: machine-readable code, human message."""
-    return JSONResponse(
-        status_code=status,
-        content={"status": "failed", "meta": {"error": code, **meta}, "message": message},
-    )
 
 
 def check_offer_sdp(sdp: str | None, modality: str, mode: str) -> str | None:
@@ -89,56 +64,44 @@ def check_offer_sdp(sdp: str | None, modality: str, mode: str) -> str | None:
     return None
 
 
-# (request, body) -> a refusal, or None to go on: access, owner and rate-limit checks (server.routes).
-Admission = Callable[[Request, OfferBody], Awaitable[JSONResponse | None]]
-
-
-async def admit_all(request: Request, body: OfferBody) -> JSONResponse | None:
-    return None
-
-
-def rejected(exc: OfferRejected) -> JSONResponse:
-    return refusal(STATUS_BY_CODE.get(exc.code, 400), exc.code, exc.message, **exc.meta)
-
-
 def make_offer_route(
     stream: Stream,
     name: str,
+    admission: Callable[..., Awaitable[OfferBody]],
     count_outcome: Callable[[str], None] = lambda outcome: None,
     bitrate_kbps: tuple[int, int] | None = None,
-    admit: Admission = admit_all,
 ):  # noqa: ANN201 - FastAPI endpoint
-    async def offer(body: OfferBody, request: Request) -> Any:
-        refused = await admit(request, body)
-        if refused is not None:
-            count_outcome(json.loads(bytes(refused.body))["meta"]["error"])
-            return refused
-        if body.type == "ice-candidate":
-            if body.candidate is None:
-                return refusal(400, "invalid_candidate_format", "an ice-candidate message needs a candidate")
-            try:
-                answer = await stream.add_candidate(body.webrtc_id, body.candidate)
-            except OfferRejected as exc:
-                count_outcome(exc.code)
-                return rejected(exc)
-            count_outcome("candidate")
-            return answer
-        problem = check_offer_sdp(body.sdp, stream.modality, stream.mode)
-        if problem:
-            logger.info("session %s: %s offer refused: %s", body.webrtc_id, name, problem)
-            count_outcome("invalid_sdp")
-            return refusal(400, "invalid_sdp", problem)
+    """`admission` is the FastAPI dependency that parses the body and checks access, owner and rate."""
+
+    admitted = Depends(admission)
+
+    async def offer(body: OfferBody = admitted) -> Any:
         try:
+            if body.type == "ice-candidate":
+                if body.candidate is None:
+                    raise Refusal(
+                        400, "invalid_candidate_format", "an ice-candidate message needs a candidate"
+                    )
+                answer = await stream.add_candidate(body.webrtc_id, body.candidate)
+                count_outcome("candidate")
+                return answer
+            problem = check_offer_sdp(body.sdp, stream.modality, stream.mode)
+            if problem:
+                logger.info("session %s: %s offer refused: %s", body.webrtc_id, name, problem)
+                raise Refusal(400, "invalid_sdp", problem)
             answer = await stream.offer(body.webrtc_id, str(body.sdp))
         except OfferRejected as exc:
             count_outcome(exc.code)
             if exc.code.endswith(("_limit_reached", "pending_offers")):
                 logger.warning("session %s: %s limit reached (%s)", body.webrtc_id, name, exc.meta)
-            return rejected(exc)
+            raise Refusal.from_rejection(exc) from exc
+        except Refusal as exc:
+            count_outcome(exc.code)
+            raise
         count_outcome("accepted")
         if bitrate_kbps is not None:
             answer = {**answer, "sdp": apply_bitrate_bounds(answer["sdp"], *bitrate_kbps)}
         return answer
 
-    offer.__name__ = f"{name}_offer"
+    offer.__name__ = f"{name or 'root'}_offer"
     return offer

@@ -17,7 +17,7 @@ from fastapi.responses import Response
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from server.offers import refusal
+from server.errors import Refusal
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def make_incoming_call_route(
 
     async def incoming_call(request: Request) -> Any:
         if stream_token is not None and validator is None:
-            return refusal(
+            raise Refusal(
                 403, "phone_disabled", "phone calls need TWILIO_AUTH_TOKEN on a server that has AUTH_TOKEN"
             )
         form = dict(await request.form())
@@ -45,7 +45,7 @@ def make_incoming_call_route(
             signature = request.headers.get("X-Twilio-Signature", "")
             if not validator.validate(str(request.url), form, signature):
                 logger.warning("phone webhook refused: bad X-Twilio-Signature from %s", request.client)
-                return refusal(403, "bad_signature", "X-Twilio-Signature does not match this request")
+                raise Refusal(403, "bad_signature", "X-Twilio-Signature does not match this request")
         response = VoiceResponse()
         connect = Connect()
         stream = connect.stream(url=stream_url(request, handler_path))

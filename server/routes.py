@@ -5,21 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Query, Request, WebSocket
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, WebSocket
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import HTTPConnection
 
 from server.access import PHONE_SUBJECT, Access, Denied, credential_of
 from server.audio_ws import Gate, serve_audio_websocket
+from server.errors import Refusal
 from server.limits import RateLimiter
-from server.offers import SESSION_ID_PATTERN, OfferBody, make_offer_route, refusal
+from server.offers import SESSION_ID_PATTERN, OfferBody, make_offer_route
 from server.phone import make_incoming_call_route
-from streams.inputs import InvalidInput
-from streams.runtime import OfferRejected
 from streams.stream import Stream
 
 logger = logging.getLogger(__name__)
@@ -35,24 +34,8 @@ class InputBody(BaseModel):
     webrtc_id: str = Field(pattern=SESSION_ID_PATTERN)
 
 
-def describe_errors(errors: list[Any]) -> str:
-    """Pydantic errors as one line for people: `field: problem; field: problem`."""
-    parts = []
-    for err in errors:
-        if err.get("type") == "json_invalid":
-            parts.append("the body is not valid JSON")
-            continue
-        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
-        msg = err.get("msg", "invalid").removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts) or "invalid request"
-
-
-def denied_response(denied: Denied) -> JSONResponse:
-    response = refusal(denied.status, denied.code, denied.message)
-    if denied.retry_after_s is not None:
-        response.headers["Retry-After"] = str(max(1, round(denied.retry_after_s)))
-    return response
+def refuse(denied: Denied) -> Refusal:
+    return Refusal(denied.status, denied.code, denied.message, retry_after_s=denied.retry_after_s)
 
 
 def client_key(conn: HTTPConnection) -> str:
@@ -96,9 +79,55 @@ class SessionGuard:
             logger.warning("session %s: %s %s refused: %s", webrtc_id, stream, transport, denied.code)
         return denied
 
+    def require(
+        self, conn: HTTPConnection, webrtc_id: str, *, new_session: bool, stream: str, transport: str
+    ) -> None:
+        """`check`, raising the refusal (for FastAPI dependencies)."""
+        denied = self.check(conn, webrtc_id, new_session=new_session, stream=stream, transport=transport)
+        if denied is not None:
+            raise refuse(denied)
 
-def unknown_session(webrtc_id: str, name: str) -> Any:
-    return refusal(404, "unknown_connection", f"no active {name} session with webrtc_id {webrtc_id!r}")
+    def for_body(self, stream: str) -> Callable[..., Awaitable[InputBody]]:
+        """Dependency: the input body, once its session's access is checked."""
+
+        async def session_in_body(request: Request, body: InputBody) -> InputBody:
+            self.require(request, body.webrtc_id, new_session=False, stream=stream, transport="http")
+            return body
+
+        return session_in_body
+
+    def for_query(self, stream: str) -> Callable[..., Awaitable[str]]:
+        """Dependency: `?webrtc_id=`, once its session's access is checked."""
+
+        async def session_in_query(
+            request: Request, webrtc_id: str = Query(pattern=SESSION_ID_PATTERN)
+        ) -> str:
+            self.require(request, webrtc_id, new_session=False, stream=stream, transport="http")
+            return webrtc_id
+
+        return session_in_query
+
+    def for_offer(
+        self, stream: Stream, name: str, count: Callable[[str], None]
+    ) -> Callable[..., Awaitable[OfferBody]]:
+        """Dependency: the offer body, once access, owner and (for a new session) rate are checked."""
+
+        async def offer_admission(request: Request, body: OfferBody) -> OfferBody:
+            new = body.type == "offer" and body.webrtc_id not in stream.sessions
+            try:
+                self.require(request, body.webrtc_id, new_session=new, stream=name, transport="webrtc")
+            except Refusal as exc:
+                count(exc.code)
+                raise
+            return body
+
+        return offer_admission
+
+
+def unknown_session(webrtc_id: str, name: str) -> Refusal:
+    return Refusal(
+        404, "unknown_connection", f"no active {name or 'stream'} session with webrtc_id {webrtc_id!r}"
+    )
 
 
 async def sse_events(reports: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
@@ -129,11 +158,6 @@ def mount_stream(app: FastAPI, stream: Stream, guard: SessionGuard) -> None:
     offers = app.state.metrics.offers
     settings = app.state.settings
 
-    async def admit(request: Request, body: OfferBody) -> JSONResponse | None:
-        new = body.type == "offer" and body.webrtc_id not in stream.sessions
-        denied = guard.check(request, body.webrtc_id, new_session=new, stream=name, transport="webrtc")
-        return None if denied is None else denied_response(denied)
-
     browser_sends_video = stream.modality in ("video", "audio-video") and stream.mode in (
         "send-receive",
         "send",
@@ -142,33 +166,25 @@ def mount_stream(app: FastAPI, stream: Stream, guard: SessionGuard) -> None:
         (settings.video_min_bitrate_kbps, settings.video_max_bitrate_kbps) if browser_sends_video else None
     )
     stream.observer = app.state.metrics.observer(name)
+    count = lambda outcome: offers.labels(name, outcome).inc()  # noqa: E731
     router.post("/webrtc/offer")(
-        make_offer_route(
-            stream, name, lambda o: offers.labels(name, o).inc(), bitrate_kbps=bitrate, admit=admit
-        )
+        make_offer_route(stream, name, guard.for_offer(stream, name, count), count, bitrate_kbps=bitrate)
     )
 
+    checked_body, checked_query = Depends(guard.for_body(name)), Depends(guard.for_query(name))
+
     @router.post("/input", name=f"{name}_input")
-    async def set_input(body: InputBody, request: Request) -> Any:
-        denied = guard.check(request, body.webrtc_id, new_session=False, stream=name, transport="http")
-        if denied is not None:
-            return denied_response(denied)
-        try:
-            params = stream.set_inputs(body.webrtc_id, dict(body.model_extra or {}))
-        except OfferRejected:
-            return unknown_session(body.webrtc_id, name)
-        except InvalidInput as exc:
-            return refusal(422, "invalid_input", str(exc))
+    async def set_input(body: InputBody = checked_body) -> Any:
+        if body.webrtc_id not in stream.sessions:
+            raise unknown_session(body.webrtc_id, name)
+        params = stream.set_inputs(body.webrtc_id, dict(body.model_extra or {}))  # InvalidInput: 422
         return {"status": "ok", "params": params}
 
     @router.get("/outputs", name=f"{name}_outputs")
-    async def outputs(request: Request, webrtc_id: str = Query(pattern=SESSION_ID_PATTERN)) -> Any:
-        denied = guard.check(request, webrtc_id, new_session=False, stream=name, transport="http")
-        if denied is not None:
-            return denied_response(denied)
+    async def outputs(webrtc_id: str = checked_query) -> Any:
         session = stream.sessions.get(webrtc_id)
         if session is None:
-            return unknown_session(webrtc_id, name)
+            raise unknown_session(webrtc_id, name)
         return StreamingResponse(
             sse_events(session.reports.listen()),
             media_type="text/event-stream",

@@ -260,12 +260,19 @@ class VideoGenerateMedia:
 
 
 def _to_mono_int16(samples: np.ndarray) -> np.ndarray:
+    """fastrtc's audio shapes ((n,), (1, n), (channels, n) or (n, channels); int16 or float in [-1, 1])
+    as int16 mono."""
     array = np.asarray(samples)
     if array.ndim == 2:
-        array = array.mean(axis=0) if array.shape[0] <= 2 < array.shape[1] else array.mean(axis=-1)
+        if 1 in array.shape:
+            array = array.reshape(-1)
+        else:
+            channels_first = array.shape[0] <= 8 and array.shape[0] < array.shape[1]
+            array = array.mean(axis=0 if channels_first else 1).astype(array.dtype)
+    array = array.reshape(-1)
     if array.dtype.kind == "f":
         return (np.clip(array, -1, 1) * 32767).astype(np.int16)
-    return array.astype(np.int16, copy=False).reshape(-1)
+    return array.astype(np.int16, copy=False)
 
 
 class AudioHandlerMedia:

@@ -439,16 +439,26 @@ class PacedAudioTrack(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
+        samples: np.ndarray | None = None
         if self._start is None:
             self._start = time.monotonic()
         else:
             self._timestamp += self.samples_per_frame
             wait = self._start + self._timestamp / self.sample_rate - time.monotonic()
-            if wait > 0:
+            if wait > 0 and self._queue.empty():
+                # sending silence: audio that arrives before the next tick goes out at once (the
+                # first reply frame need not wait up to 20 ms), and the clock follows it
+                try:
+                    samples = await asyncio.wait_for(self._queue.get(), wait)
+                    self._start = time.monotonic() - self._timestamp / self.sample_rate
+                except (TimeoutError, asyncio.TimeoutError):
+                    samples = None
+            elif wait > 0:
                 await asyncio.sleep(wait)
             elif wait < -0.2:  # far behind (a stalled loop): restart the clock, never burst
                 self._start = time.monotonic() - self._timestamp / self.sample_rate
-        samples = self._silence if self._queue.empty() else self._queue.get_nowait()
+        if samples is None:
+            samples = self._silence if self._queue.empty() else self._queue.get_nowait()
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = self.sample_rate
         frame.pts = self._timestamp

@@ -38,6 +38,13 @@ def speech(text: str, rate: int = RATE, words_per_minute: int = 160) -> np.ndarr
     return resample(audio, sr, rate)
 
 
+def loudest_frame_rms(audio: np.ndarray, rate: int = RATE) -> float:
+    """The highest RMS over 20 ms frames: what an echo of `audio` should come back near (not clipped)."""
+    frame = rate // 50
+    n = len(audio) // frame * frame
+    return float(np.sqrt((audio[:n].reshape(-1, frame) ** 2).mean(axis=1)).max())
+
+
 class ScriptTrack(AudioStreamTrack):
     """A microphone playing queued clips in real time (silence in between), noting when each ends."""
 

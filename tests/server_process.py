@@ -1,4 +1,5 @@
-"""Start the real server in a subprocess on a free loopback port; stop it by its own PID."""
+"""Start the real server in a subprocess on a free loopback port, under the network audit
+(`tests.netaudit`); stop it by its own PID, then fail if it tried to reach beyond loopback."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
+
+from tests import netaudit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,7 +48,8 @@ class ServerProcess:
             **(env or {}),
         }
         self.log_path = ROOT / "test-artifacts" / f"{log_name}-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.audit_log = self.log_path.with_suffix(".net.log")
+        self.proc: subprocess.Popen[bytes] | None = None  # strace, with the server as its child
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
         self.log_path.parent.mkdir(exist_ok=True)
@@ -60,6 +65,8 @@ class ServerProcess:
                 "--host",
                 "127.0.0.1",
             ]
+        if netaudit.available():
+            cmd = netaudit.wrap(cmd, self.audit_log)
         log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -78,24 +85,48 @@ class ServerProcess:
     def __enter__(self) -> ServerProcess:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            self.stop()
+        except netaudit.NetworkAttempt:
+            if exc_type is None:  # report it unless the test already failed for another reason
+                raise
+
+    @property
+    def pid(self) -> int:
+        """The server's own PID (the audit's strace is its parent)."""
+        assert self.proc is not None
+        if not netaudit.available():
+            return self.proc.pid
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            children = psutil.Process(self.proc.pid).children()
+            if children:
+                return children[0].pid
+            time.sleep(0.02)
+        raise RuntimeError("the audited server process did not start")
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
 
     def rss_mb(self) -> float:
-        assert self.proc is not None
-        import psutil
-
-        return psutil.Process(self.proc.pid).memory_info().rss / 1e6
+        return psutil.Process(self.pid).memory_info().rss / 1e6
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        """Stop the server (SIGTERM, then SIGKILL), then check its network audit."""
+        if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc.poll() is None:
+            try:
+                self.signal(signal.SIGTERM)
+                self.proc.wait(10)
+            except (subprocess.TimeoutExpired, ProcessLookupError, psutil.NoSuchProcess, RuntimeError):
+                for child in psutil.Process(self.proc.pid).children(recursive=True):
+                    child.kill()
+                self.proc.kill()
+                self.proc.wait(5)
+        if netaudit.available():
+            netaudit.check(self.audit_log, f"the server on port {self.port} ({self.log_path.name})")

@@ -36,14 +36,19 @@ def test_server_never_uses_a_public_stun_default():
     assert IceConfig(Settings()).server_configuration() == {"iceServers": []}
 
 
-def test_offline_defaults_are_set_before_gradio_loads():
-    env = {k: v for k, v in os.environ.items() if k not in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_OFFLINE")}
-    code = "import server, os; print(os.environ['GRADIO_ANALYTICS_ENABLED'], os.environ['HF_HUB_OFFLINE'])"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "1"]
+def test_offline_defaults_are_set_before_gradio_and_onnxruntime_load():
+    keys = ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_OFFLINE", "ORT_DISABLE_TELEMETRY")
+    env = {k: v for k, v in os.environ.items() if k not in keys}
+    for entry in ("server", "streams"):  # a user's app imports only `streams`
+        code = f"import {entry}, os; print(*(os.environ[k] for k in {keys!r}))"
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        assert out.stdout.split() == ["False", "1", "1"], entry
     env["HF_HUB_OFFLINE"] = "0"  # an operator's explicit choice wins
+    code = f"import server, os; print(*(os.environ[k] for k in {keys!r}))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "0"]
+    assert out.stdout.split() == ["False", "0", "1"]
 
 
 def test_health_config_metrics_and_page(server):

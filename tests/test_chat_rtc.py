@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from tests.audio_client import ChatClient, speech
+from tests.audio_client import ChatClient, loudest_frame_rms, speech
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
@@ -41,6 +41,8 @@ async def test_echo_replies_soon_after_the_pause_and_only_once(server):
         assert heard[-1] - heard[0] > 0.8 * len(clip) / 48_000, (
             "the echo should be about as long as the speech"
         )
+        loudest = max(rms for t, rms in client.received if t > ended)
+        assert 0.3 < loudest / loudest_frame_rms(clip) < 2.0, f"echo level {loudest:.3f}: distorted or lost"
         assert len(client.logs("pause_detected")) == 1, "one sentence with commas is one turn"
         assert len(client.logs("started_talking")) == 1
     finally:
@@ -73,7 +75,7 @@ async def test_idle_session_costs_almost_no_cpu(server):
     client = ChatClient(server.base_url)
     await client.connect()
     try:
-        proc = psutil.Process(server.proc.pid)
+        proc = psutil.Process(server.pid)
         await asyncio.sleep(1)
         before = proc.cpu_times()
         t0 = time.monotonic()

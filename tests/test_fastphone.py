@@ -10,10 +10,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
+from tests import netaudit
 from tests.audio_client import speech
 from tests.server_process import ROOT, free_port
 from tests.test_chat_rtc import SENTENCE, wait_until
@@ -22,11 +24,19 @@ from tests.ws_client import AudioSocketClient
 RUN_PHONE = "from tests.apps import phone_main; phone_main()"
 
 
+def audit_log(port: int) -> Path:
+    return ROOT / "test-artifacts" / f"phone-{port}.net.log"
+
+
 def start_phone(fake: str, port: int, **env: str) -> subprocess.Popen[str]:
     full_env = {**os.environ, "HF_TOKEN": "hf_test_token", "PHONE_FAKE": fake, "ICE_HOST_ADDRESSES": "127.0.0.1",
                 "PYTHONUNBUFFERED": "1", **env}  # fmt: skip
-    return subprocess.Popen([sys.executable, "-c", RUN_PHONE, "--phone", "--port", str(port)], cwd=ROOT,
-                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    cmd = [sys.executable, "-c", RUN_PHONE, "--phone", "--port", str(port)]
+    if netaudit.available():
+        cmd = netaudit.wrap(cmd, audit_log(port))
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 90) -> list[str]:
@@ -67,9 +77,9 @@ async def test_the_temporary_number_reaches_the_hardened_chat():
                 assert refusal["meta"]["error"] == "concurrency_limit_reached", refusal
             ended = await caller.speak(speech(SENTENCE), 1.0)
             assert await wait_until(lambda: caller.audible_after(ended), 5), caller.event_types()
-        proc.send_signal(signal.SIGTERM)
         # uvicorn re-raises the signal once it has drained, so the exit status is SIGTERM's own
-        assert proc.wait(15) in (0, -signal.SIGTERM)
+        assert netaudit.terminate(proc) in (0, -signal.SIGTERM)
+        netaudit.check(audit_log(port), "python -m server --phone")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -82,13 +92,15 @@ async def test_the_temporary_number_reaches_the_hardened_chat():
     ids=["quota-used-up", "offline"],
 )
 def test_phone_failures_end_with_one_clear_line(fake, expected):
-    proc = start_phone(fake, free_port())
+    port = free_port()
+    proc = start_phone(fake, port)
     try:
         out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 1, out[-1000:]
+    netaudit.check(audit_log(port), "python -m server --phone")
     assert out.strip().splitlines()[-1].startswith("error: ") and expected in out.strip().splitlines()[-1], (
         out[-1000:]
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from tests import netaudit
 from tests.server_process import ROOT, free_port
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -59,7 +59,9 @@ def test_image_entry_point_serves_and_healthcheck_tells_up_from_down():
     assert health(check, port) == 1  # nothing listening yet
     env = {**os.environ, "ASSISTANT_ENABLED": "false", "ICE_HOST_ADDRESSES": "127.0.0.1"}
     log = open(ROOT / "test-artifacts" / f"image-cmd-{port}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(localize(command, port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    audit = ROOT / "test-artifacts" / f"image-cmd-{port}.net.log"
+    cmd = netaudit.wrap(localize(command, port), audit) if netaudit.available() else localize(command, port)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while health(check, port) != 0:
@@ -69,7 +71,7 @@ def test_image_entry_point_serves_and_healthcheck_tells_up_from_down():
         page = httpx.get(f"http://127.0.0.1:{port}/")
         assert page.status_code == 200 and "rtserver" in page.text
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
+        netaudit.terminate(proc)
         log.close()
     assert health(check, port) == 1
+    netaudit.check(audit, "the image's command")

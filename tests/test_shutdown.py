@@ -36,7 +36,7 @@ async def test_sigterm_tells_every_client_and_exits_within_the_grace_period():
             await chat.speak(None, seconds_of_silence=0.3)
             assert server.proc is not None
             sent = time.monotonic()
-            server.proc.send_signal(signal.SIGTERM)
+            server.signal(signal.SIGTERM)
             code = await asyncio.to_thread(server.proc.wait, 15)
             took = time.monotonic() - sent
             print(f"\nserver exited {took:.2f} s after SIGTERM with code {code}")

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.audio_client import ChatClient, speech
+from tests import netaudit
+from tests.audio_client import ChatClient, loudest_frame_rms, speech
 from tests.rtc_client import ReceiveClient, VideoClient, percentile
 from tests.server_process import ROOT, ServerProcess, free_port
 from tests.test_chat_rtc import SENTENCE, wait_until
@@ -26,6 +27,7 @@ APPS = [
     "tests.user_apps.generator:stream",
     "tests.user_apps.voice:stream",
     "tests.user_apps.hardening:streams",
+    "tests.user_apps.audio_video:stream",
 ]
 
 
@@ -44,7 +46,7 @@ def outputs_url(server: ServerProcess, stream: str, webrtc_id: str) -> str:
 async def test_user_streams_are_listed_beside_the_built_ins(users):
     health = httpx.get(f"{users.base_url}/healthz").json()
     assert set(health["streams"]) == {"video", "generate", "chat", "object_detection", "generator", "voice",
-                                      "slow", "every", "fragile"}  # fmt: skip
+                                      "slow", "every", "fragile", "mirror"}  # fmt: skip
     assert "Serving your stream 'object_detection' (video, send-receive) at /object_detection/" in users.log()
 
 
@@ -106,6 +108,9 @@ async def test_reply_on_pause_example_echoes_over_webrtc_and_websocket(users):
         print(f"\nuser ReplyOnPause over WebRTC: end of speech -> first echo {delay_ms:.0f} ms")
         assert delay_ms < 1500
         assert client.logs("pause_detected") and client.logs("response_starting")
+        await asyncio.sleep(len(clip) / 48_000 + 0.5)
+        loudest = max(rms for t, rms in client.received if t > ended)
+        assert 0.3 < loudest / loudest_frame_rms(clip) < 2.0, f"echo level {loudest:.3f}: distorted or lost"
     finally:
         await client.close()
     url = users.base_url.replace("http://", "ws://") + f"/voice/websocket/offer?token={TOKEN}"
@@ -203,8 +208,12 @@ async def test_limits_tokens_and_metrics_apply_to_user_streams(users):
 def start_failure(*streams: str) -> str:
     """Run `python -m server --streams ...` and return what it printed when it refused to start."""
     cli = [arg for s in streams for arg in ("--streams", s)]
-    proc = subprocess.run([sys.executable, "-m", "server", "--port", str(free_port()), *cli], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    cmd = [sys.executable, "-m", "server", "--port", str(free_port()), *cli]
+    audit = ROOT / "test-artifacts" / f"start-failure-{abs(hash(streams))}.net.log"
+    if netaudit.available():
+        cmd = netaudit.wrap(cmd, audit)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    netaudit.check(audit, f"python -m server --streams {' '.join(streams)}")
     assert proc.returncode != 0, f"the server started: {proc.stdout[-500:]}"
     return proc.stderr.strip().splitlines()[-1]
 
@@ -307,3 +316,48 @@ async def test_chromium_with_fastrtcs_client_code_drives_a_user_stream(users):
         )
         await page.screenshot(path=str(ROOT / "test-artifacts" / "user-stream-chromium.png"))
     assert [e for e in errors if "422" not in e] == [], errors
+
+
+async def test_an_audio_video_handler_gets_both_and_sends_both_back(users):
+    from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import MediaStreamError
+
+    from tests.rtc_client import NumberedTrack, decode_frame, pin_loopback, session_http
+
+    pin_loopback()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.createDataChannel("text")
+    camera = NumberedTrack(fps=30)
+    pc.addTrack(camera)
+    pc.addTrack(AudioStreamTrack())  # aiortc's silence source
+    received: dict[str, list] = {"video": [], "audio": []}
+
+    async def read(track) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                if track.kind == "video":
+                    received["video"].append(decode_frame(frame.to_ndarray(format="gray")).orientation)
+                else:
+                    received["audio"].append(frame.samples)
+        except MediaStreamError:
+            return
+
+    readers = []
+    pc.on("track", lambda track: readers.append(asyncio.ensure_future(read(track))))
+    await pc.setLocalDescription(await pc.createOffer())
+    async with session_http(users.base_url, "av-1", TOKEN) as http:
+        resp = await http.post("/mirror/webrtc/offer",
+                               json={"sdp": pc.localDescription.sdp, "type": "offer", "webrtc_id": "av-1"})  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    await pc.setRemoteDescription(RTCSessionDescription(**resp.json()))
+    try:
+        await asyncio.sleep(4)
+        video = received["video"]
+        assert 40 <= len(video) <= 75, f"{len(video)} frames in 4 s from video_emit at 15 fps"
+        assert video[-1] == "flip", video[-5:]
+        assert len(received["audio"]) > 100, "audio comes back (50 frames a second)"
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await pc.close()
