@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import logging
 
-from aiortc import RTCPeerConnection
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 
 logger = logging.getLogger(__name__)
 
-_PRIVATE_ATTR = "_RTCRtpReceiver__jitter_buffer"
 
 
 class MarkerJitterBuffer(JitterBuffer):
@@ -49,19 +47,10 @@ class InOrderAudioJitterBuffer(JitterBuffer):
         return None
 
 
-def use_low_latency_jitter_buffers(pc: RTCPeerConnection) -> int:
-    """Swap the buffer of every receiver of `pc` (call before media flows). Returns how many."""
-    swapped = 0
-    for transceiver in pc.getTransceivers():
-        receiver = transceiver.receiver
-        old = getattr(receiver, _PRIVATE_ATTR, None)
-        if type(old) is not JitterBuffer:
-            continue
-        if transceiver.kind == "video":
-            setattr(receiver, _PRIVATE_ATTR, MarkerJitterBuffer(capacity=old.capacity, is_video=True))
-        else:
-            setattr(receiver, _PRIVATE_ATTR, InOrderAudioJitterBuffer(capacity=old.capacity))
-        swapped += 1
-    if not swapped and pc.getTransceivers():
-        logger.warning("aiortc's receiver layout changed: low-latency jitter buffers not installed")
-    return swapped
+def __getattr__(name: str) -> object:
+    """`use_low_latency_jitter_buffers` swaps aiortc's private buffer, so it lives in the adapter."""
+    if name == "use_low_latency_jitter_buffers":
+        from streams.fastrtc_adapter import use_low_latency_jitter_buffers
+
+        return use_low_latency_jitter_buffers
+    raise AttributeError(name)

@@ -113,6 +113,10 @@ async def test_reply_on_pause_example_echoes_over_webrtc_and_websocket(users):
         assert 0.3 < loudest / loudest_frame_rms(clip) < 2.0, f"echo level {loudest:.3f}: distorted or lost"
     finally:
         await client.close()
+    # the stream's limit is fastrtc's default, 1: the WebSocket waits for the WebRTC session to end
+    assert await wait_until(
+        lambda: httpx.get(f"{users.base_url}/healthz").json()["streams"]["voice"] == 0, 10
+    )
     url = users.base_url.replace("http://", "ws://") + f"/voice/websocket/offer?token={TOKEN}"
     async with AudioSocketClient(url) as ws:
         await ws.start()
