@@ -56,7 +56,7 @@ async def ours(rates: list[int], seconds: float, settle: float) -> list[dict]:
     try:
         client = ReceiveClient(server.base_url)
         await client.connect()
-        proc = psutil.Process(server.proc.pid)
+        proc = psutil.Process(server.pid)
         await asyncio.sleep(LATE_INPUT_S)  # same late input as stock gets
         for fps in rates:
             started = time.monotonic()
@@ -86,7 +86,7 @@ async def stock(rates: list[int], seconds: float, settle: float) -> list[dict]:
             await client.set_input()
             await asyncio.sleep(settle)
             peak = peak_rate(client, started, span=settle)
-            rate, cpu = await measure_rate(client, psutil.Process(server.proc.pid), seconds)
+            rate, cpu = await measure_rate(client, psutil.Process(server.pid), seconds)
             rows.append(_row("stock (fresh server per rate)", fps, rate, cpu, "", peak))
             print(rows[-1], flush=True)
             await client.close()

@@ -31,7 +31,7 @@ SENTENCE = "the quick brown fox jumps over the lazy dog"
 
 
 def server_usage(server: ServerProcess) -> tuple[psutil.Process, Any, float]:
-    proc = psutil.Process(server.proc.pid)
+    proc = psutil.Process(server.pid)
     return proc, proc.cpu_times(), time.monotonic()
 
 
@@ -79,7 +79,7 @@ async def video_scale(kind: str, steps: list[int], warmup: float, seconds: float
     rows = []
     try:
         await asyncio.sleep(3)
-        idle_rss = psutil.Process(server.proc.pid).memory_info().rss / 1e6
+        idle_rss = psutil.Process(server.pid).memory_info().rss / 1e6
         for n in steps:
             row = await video_step(server, kind, n, warmup, seconds)
             row["mb_per_session"] = round((row["rss_mb"] - idle_rss) / n, 1)
@@ -99,7 +99,7 @@ async def chat_scale(kind: str, steps: list[int], seconds: float) -> list[dict[s
     clip = speech(SENTENCE)
     try:
         await asyncio.sleep(3)
-        proc = psutil.Process(server.proc.pid)
+        proc = psutil.Process(server.pid)
         idle_rss = proc.memory_info().rss / 1e6
         for n in steps:
             clients = [ChatClient(server.base_url) for _ in range(n)]

@@ -107,7 +107,7 @@ async def run_turns(
 async def idle_cpu(server: Any, seconds: float = 6) -> float:
     client = ChatClient(server.base_url)
     await client.connect()
-    proc = psutil.Process(server.proc.pid)
+    proc = psutil.Process(server.pid)
     await asyncio.sleep(1.5)
     c0, t0 = proc.cpu_times(), time.monotonic()
     await asyncio.sleep(seconds)

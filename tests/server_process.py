@@ -32,8 +32,10 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         log_name: str = "server",
         cli: list[str] | None = None,
+        audit: bool = True,
     ):
-        """`args`: run uvicorn with these instead of `python -m server`; `cli`: extra `python -m server` options."""
+        """`args`: run uvicorn with these instead of `python -m server`; `cli`: extra `python -m server`
+        options; `audit=False` (benchmarks only): no strace, whose stops would skew the timings."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.args = args
@@ -49,6 +51,7 @@ class ServerProcess:
         }
         self.log_path = ROOT / "test-artifacts" / f"{log_name}-{self.port}.log"
         self.audit_log = self.log_path.with_suffix(".net.log")
+        self.audited = audit and netaudit.available()
         self.proc: subprocess.Popen[bytes] | None = None  # strace, with the server as its child
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
@@ -65,7 +68,7 @@ class ServerProcess:
                 "--host",
                 "127.0.0.1",
             ]
-        if netaudit.available():
+        if self.audited:
             cmd = netaudit.wrap(cmd, self.audit_log)
         log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
@@ -96,7 +99,7 @@ class ServerProcess:
     def pid(self) -> int:
         """The server's own PID (the audit's strace is its parent)."""
         assert self.proc is not None
-        if not netaudit.available():
+        if not self.audited:
             return self.proc.pid
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -128,5 +131,5 @@ class ServerProcess:
                     child.kill()
                 self.proc.kill()
                 self.proc.wait(5)
-        if netaudit.available():
+        if self.audited:
             netaudit.check(self.audit_log, f"the server on port {self.port} ({self.log_path.name})")
