@@ -349,7 +349,8 @@ class AudioHandlerMedia:
         assert self.out_track is not None
         while True:
             audio = await self.next_audio()
-            if audio is None:
+            if audio is None:  # the handler has nothing now: send the last partial frame too
+                await self.out_track.flush()
                 continue
             rate, samples = audio
             target = self.out_track.sample_rate
