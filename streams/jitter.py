@@ -19,7 +19,6 @@ from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 logger = logging.getLogger(__name__)
 
 
-
 class MarkerJitterBuffer(JitterBuffer):
     def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
         assert self._origin is not None
