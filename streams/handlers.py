@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from streams import fastrtc_adapter as adapter
+from streams.media import outputs_report
 from streams.turns import SpeechStarted, TurnDetector, TurnDiscarded, TurnEnded, TurnSettings
 from streams.vad import SAMPLE_RATE, SileroVAD, resample, to_float_mono
 
@@ -164,8 +165,6 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
         try:
             async for item in self.respond(turn):
                 if isinstance(item, adapter.AdditionalOutputs):
-                    from streams.media import outputs_report
-
                     self.publish(outputs_report(item))
                     continue
                 if isinstance(item, adapter.CloseStream):

@@ -7,7 +7,7 @@
 - `AudioVideoMedia`: `AudioVideoStreamHandler`, audio and video on one peer
 
 Handlers run off the event loop where they are synchronous (the session's `Worker`); a raising
-handler is reported (log, data channel, outputs) and the stream goes on.
+handler is reported (log, data channel, metrics) and the stream goes on.
 """
 
 from __future__ import annotations
@@ -96,6 +96,17 @@ def _handle_side_output(session: Session, extra: Any) -> bool:
     return False
 
 
+def _per_session(session: Session, fn: Any) -> Any:
+    """A callable with `copy()` gets one copy per session (extension: per-session state)."""
+    return session.context.run(fn.copy) if callable(getattr(fn, "copy", None)) else fn
+
+
+def _resample_int16(samples: np.ndarray, src: int, dst: int) -> np.ndarray:
+    """int16 (or float in [-1, 1]) mono at `src` -> int16 mono at `dst`."""
+    scale = 32768.0 if samples.dtype == np.int16 else 1.0
+    return _to_mono_int16(resample(samples.astype(np.float32).reshape(-1) / scale, src, dst))
+
+
 def _close_handler(handler: Any) -> None:
     for name in ("shutdown", "close"):
         method = getattr(handler, name, None)
@@ -110,13 +121,10 @@ class VideoProcessMedia:
     def __init__(self, session: Session, spec: VideoStreamHandler) -> None:
         self.session = session
         self.spec = spec
-        fn = spec.callable
-        # a callable with `copy()` gets one copy per session (extension: per-session state)
-        self.fn = session.context.run(fn.copy) if callable(getattr(fn, "copy", None)) else fn
+        self.fn = _per_session(session, spec.callable)
         self.args = session.stream.inputs.args(session.inputs)
         self.report_error = _ErrorReporter(session, "processing")
         self.track: LatestFrameTrack | QueuedFrameTrack | None = None
-        self._drain: asyncio.Task[None] | None = None
 
     def outgoing_tracks(self, incoming: list[MediaStreamTrack]) -> list[MediaStreamTrack]:
         video = [t for t in incoming if t.kind == "video"]
@@ -138,7 +146,7 @@ class VideoProcessMedia:
             return
         self.track.start()
         if self.session.stream.mode == "send":
-            self._drain = self.session.create_task(self._pull(), "video-send")
+            self.session.create_task(self._pull(), "video-send")
 
     async def _pull(self) -> None:
         assert self.track is not None
@@ -176,7 +184,8 @@ class VideoProcessMedia:
         return result
 
     def close(self) -> None:
-        _close_handler(self.fn) if self.fn is not self.spec.callable else None
+        if self.fn is not self.spec.callable:
+            _close_handler(self.fn)
 
 
 class VideoGenerateMedia:
@@ -186,8 +195,7 @@ class VideoGenerateMedia:
     def __init__(self, session: Session, spec: VideoStreamHandler) -> None:
         self.session = session
         self.spec = spec
-        fn = spec.callable
-        self.fn = session.context.run(fn.copy) if callable(getattr(fn, "copy", None)) else fn
+        self.fn = _per_session(session, spec.callable)
         self.report_error = _ErrorReporter(session, "generation")
         self._generator: Iterator[Any] | None = None
         self._generator_args: list[Any] | None = None
@@ -287,6 +295,7 @@ class AudioHandlerMedia:
         self.session = session
         self.handler = session.context.run(handler.copy)
         self.is_async = inspect.iscoroutinefunction(self.handler.receive)
+        self.emits_async = inspect.iscoroutinefunction(self.handler.emit)
         self.report_error = _ErrorReporter(session, "the handler")
         self.out_track: PacedAudioTrack | None = None
         self.on_interrupt: Callable[[], None] | None = None  # a transport's own "clear" (phone)
@@ -355,9 +364,7 @@ class AudioHandlerMedia:
             rate, samples = audio
             target = self.out_track.sample_rate
             if rate != target:
-                samples = _to_mono_int16(
-                    resample(samples.astype(np.float32).reshape(-1) / 32768.0, rate, target)
-                )
+                samples = _resample_int16(samples, rate, target)
             await self.out_track.put(samples)
 
     def clear_queue(self) -> None:
@@ -372,13 +379,7 @@ class AudioHandlerMedia:
         """int16 (or float) mono samples at `rate`, in the handler's input rate and shape."""
         want = self.handler.input_sample_rate
         if rate != want:
-            samples = _to_mono_int16(
-                resample(
-                    samples.astype(np.float32).reshape(-1) / (32768.0 if samples.dtype == np.int16 else 1.0),
-                    rate,
-                    want,
-                )
-            )
+            samples = _resample_int16(samples, rate, want)
         frame = (want, _to_mono_int16(samples).reshape(1, -1))
         try:
             if self.is_async:
@@ -393,7 +394,7 @@ class AudioHandlerMedia:
     async def next_audio(self) -> tuple[int, np.ndarray] | None:
         """The handler's next audio as (rate, int16 mono); None when it had nothing (outputs only)."""
         try:
-            if inspect.iscoroutinefunction(self.handler.emit):
+            if self.emits_async:
                 out = await self.handler.emit()
             else:
                 out = await self.session.worker.run(self.handler.emit)

@@ -124,3 +124,38 @@ async def test_input_and_outputs_validate_ids_and_values(http, test_server):
         }  # fmt: skip
     finally:
         await client.close()
+
+
+async def test_concurrent_offers_reusing_one_id_get_one_session_and_409s(http):
+    """Stock fastrtc (and this server before one session record) answered all of them: orphan peers
+    past every limit. The session is registered before anything awaits, so only the first gets in."""
+    import asyncio
+    import time
+
+    from aiortc import RTCSessionDescription
+
+    before = await active(http)
+    pin_loopback()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.createDataChannel("text")
+    pc.addTrack(NumberedTrack())
+    await pc.setLocalDescription(await pc.createOffer())
+    body = {"type": "offer", "webrtc_id": f"dup-{time.monotonic_ns()}", "sdp": pc.localDescription.sdp}
+    try:
+        answers = await asyncio.gather(*(http.post("/video/webrtc/offer", json=body) for _ in range(10)))
+        assert sorted(r.status_code for r in answers) == [200] + [409] * 9, [r.text for r in answers]
+        for refused in (r for r in answers if r.status_code == 409):
+            assert_refusal(refused, 409, "connection_already_exists")
+        assert await active(http) == before + 1
+        accepted = next(r for r in answers if r.status_code == 200).json()
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=accepted["sdp"], type=accepted["type"]))
+        deadline = time.monotonic() + 10
+        while pc.connectionState != "connected" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert pc.connectionState == "connected"
+    finally:
+        await pc.close()
+    deadline = time.monotonic() + 10
+    while await active(http) != before and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert await active(http) == before, "the one session ended with its client"
