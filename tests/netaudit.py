@@ -37,6 +37,18 @@ _FRAME = re.compile(r"^\s*>\s*(?P<path>\S+?)(?:\((?P<symbol>[^)]*)\))?\s+\[0x[0-
 _PLUMBING = ("libc.so", "libc-", "libpthread", "ld-linux", "libresolv", "libnss_", "/python3", "libpython")
 
 
+# onnxruntime (1.32) switches its telemetry off when one of these CI variables is set (CI=true too), so under CI an
+# audited server would look clean whatever its settings. Audited processes run without them, as a
+# deployed server does; found by reading the library's strings after the audit passed on CI only.
+CI_MARKERS = ("CI", "TF_BUILD", "GITHUB_ACTIONS", "GITLAB_CI", "CIRCLECI", "TRAVIS", "JENKINS_URL",
+              "CODEBUILD_BUILD_ID", "BUILDKITE", "TEAMCITY_VERSION", "APPVEYOR", "BITBUCKET_BUILD_NUMBER")  # fmt: skip
+
+
+def as_deployed(env: dict[str, str]) -> dict[str, str]:
+    """`env` without the variables that make libraries behave differently under CI."""
+    return {k: v for k, v in env.items() if k not in CI_MARKERS}
+
+
 def available() -> bool:
     return STRACE is not None
 

@@ -52,6 +52,8 @@ class ServerProcess:
         self.log_path = ROOT / "test-artifacts" / f"{log_name}-{self.port}.log"
         self.audit_log = self.log_path.with_suffix(".net.log")
         self.audited = audit and netaudit.available()
+        if self.audited:
+            self.env = netaudit.as_deployed(self.env)
         self.proc: subprocess.Popen[bytes] | None = None  # strace, with the server as its child
 
     def start(self, timeout: float = 60.0) -> ServerProcess:

@@ -29,7 +29,7 @@ def audit_log(port: int) -> Path:
 
 
 def start_phone(fake: str, port: int, **env: str) -> subprocess.Popen[str]:
-    full_env = {**os.environ, "HF_TOKEN": "hf_test_token", "PHONE_FAKE": fake, "ICE_HOST_ADDRESSES": "127.0.0.1",
+    full_env = {**netaudit.as_deployed(dict(os.environ)), "HF_TOKEN": "hf_test_token", "PHONE_FAKE": fake, "ICE_HOST_ADDRESSES": "127.0.0.1",
                 "PYTHONUNBUFFERED": "1", **env}  # fmt: skip
     cmd = [sys.executable, "-c", RUN_PHONE, "--phone", "--port", str(port)]
     if netaudit.available():

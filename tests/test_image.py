@@ -57,7 +57,11 @@ def test_image_entry_point_serves_and_healthcheck_tells_up_from_down():
     check = exec_form("HEALTHCHECK", text)
     port = free_port()
     assert health(check, port) == 1  # nothing listening yet
-    env = {**os.environ, "ASSISTANT_ENABLED": "false", "ICE_HOST_ADDRESSES": "127.0.0.1"}
+    env = {
+        **netaudit.as_deployed(dict(os.environ)),
+        "ASSISTANT_ENABLED": "false",
+        "ICE_HOST_ADDRESSES": "127.0.0.1",
+    }
     log = open(ROOT / "test-artifacts" / f"image-cmd-{port}.log", "wb")  # noqa: SIM115
     audit = ROOT / "test-artifacts" / f"image-cmd-{port}.net.log"
     cmd = netaudit.wrap(localize(command, port), audit) if netaudit.available() else localize(command, port)
