@@ -19,6 +19,7 @@ from server.errors import Refusal
 from server.limits import RateLimiter
 from server.offers import SESSION_ID_PATTERN, OfferBody, make_offer_route
 from server.phone import make_incoming_call_route
+from server.socket_protocols import FastrtcSocket, TwilioSocket
 from streams.stream import Stream
 
 logger = logging.getLogger(__name__)
@@ -234,11 +235,11 @@ def _mount_audio_transports(
 
     @router.websocket("/websocket/offer")
     async def websocket_offer(websocket: WebSocket) -> None:
-        await serve_audio_websocket(websocket, stream, phone=False, gate=websocket_gate(websocket))
+        await serve_audio_websocket(websocket, stream, FastrtcSocket(), websocket_gate(websocket))
 
     @router.websocket("/telephone/handler")
     async def telephone_handler(websocket: WebSocket) -> None:
-        await serve_audio_websocket(websocket, stream, phone=True, gate=phone_gate)
+        await serve_audio_websocket(websocket, stream, TwilioSocket(), phone_gate)
 
     access = guard.access
     router.post("/telephone/incoming", name=f"{name}_incoming_call")(

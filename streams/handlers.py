@@ -188,7 +188,11 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
         try:
             chunk = await asyncio.wait_for(self._out.get(), timeout=0.5)
         except (TimeoutError, asyncio.TimeoutError):
-            if self.state != "listening" and (self._reply_task is None or self._reply_task.done()):
+            if (
+                self.state != "listening"
+                and (self._reply_task is None or self._reply_task.done())
+                and not self._client_still_playing()
+            ):
                 self._set_state("listening")  # the reply has finished playing
                 self._play_clock = None
             return None
@@ -208,6 +212,13 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
             self.last_turn["pause_to_first_audio_ms"] = round((time.monotonic() - self._turn_started) * 1000)
             self.publish({"type": "turn", **self.last_turn})
         return self.output_sample_rate, (np.clip(chunk, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+
+    def _client_still_playing(self) -> bool:
+        """A phone plays what it was sent after we sent it: the reply lasts until its mark returns
+        (so talking over its tail still interrupts it)."""
+        media = getattr(self.session, "media", None)
+        playing = getattr(media, "playing_on_client", None)
+        return bool(playing()) if callable(playing) else False
 
     # ---- reporting ----
     def _set_state(self, state: State) -> None:

@@ -13,9 +13,11 @@ handler is reported (log, data channel, metrics) and the stream goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +34,9 @@ from streams.runtime import (
     QueuedFrameTrack,
 )
 from streams.vad import resample
+
+MAX_UNPLAYED_MARKS = 256
+MARK_ECHO_TIMEOUT_S = 2.0
 
 if TYPE_CHECKING:
     from streams.handlers import VideoStreamHandler
@@ -299,6 +304,8 @@ class AudioHandlerMedia:
         self.report_error = _ErrorReporter(session, "the handler")
         self.out_track: PacedAudioTrack | None = None
         self.on_interrupt: Callable[[], None] | None = None  # a transport's own "clear" (phone)
+        self._unplayed: dict[str, float] = {}  # playback marks sent, not yet echoed: when sent
+        self.played_s = 0.0  # seconds of output the client has confirmed playing (Twilio marks)
         self._resampler: av.AudioResampler | None = None
         adapter.prepare_handler(
             self.handler,
@@ -373,6 +380,32 @@ class AudioHandlerMedia:
             self.out_track.clear()
         if self.on_interrupt is not None:
             self.on_interrupt()
+
+    # ---- playback marks (Twilio) ----
+    def awaiting_playback(self, mark: str) -> None:
+        """A mark went out after the audio sent so far; bounded: a client that never echoes
+        marks cannot grow this (the oldest count as played)."""
+        self._unplayed[mark] = time.monotonic()
+        while len(self._unplayed) > MAX_UNPLAYED_MARKS:
+            del self._unplayed[next(iter(self._unplayed))]
+
+    def played(self, mark: str) -> None:
+        """The client echoed `mark`: it has played everything sent before it (and earlier marks)."""
+        if mark not in self._unplayed:
+            return
+        for name in list(self._unplayed):
+            del self._unplayed[name]
+            if name == mark:
+                break
+        with contextlib.suppress(ValueError):
+            self.played_s = max(self.played_s, float(mark))
+
+    def playing_on_client(self) -> bool:
+        """Audio sent is still playing at the client (a phone buffers what it is sent). Replies are
+        paced to real time, so a mark not echoed within `MARK_ECHO_TIMEOUT_S` means a client
+        that does not echo marks, not one still playing."""
+        latest = next(reversed(self._unplayed.values()), None)
+        return latest is not None and time.monotonic() - latest < MARK_ECHO_TIMEOUT_S
 
     # ---- any transport ----
     async def receive(self, rate: int, samples: np.ndarray) -> None:

@@ -81,8 +81,7 @@ async def test_websockets_refuse_without_a_token(auth_server, phone):
         await client.start()
         code = await client.closed()
     assert code == 1008
-    errors = [m for _, m in client.events if m.get("event") == "error"]
-    assert errors and errors[0]["meta"]["error"] == "unauthorized", client.events
+    assert client.refusal() == "unauthorized", (client.events, client.close_reason)
 
 
 async def test_a_session_works_with_its_session_token(auth_server):
@@ -187,4 +186,4 @@ async def test_websocket_and_phone_work_with_tokens(auth_server):
     async with AudioSocketClient(phone_url, phone=True, start_parameters={"token": token[1]}) as call:
         await call.start()
         await call.speak(None, seconds_of_silence=0.5)
-        assert not [m for _, m in call.events if m.get("event") == "error"], call.events
+        assert not call.twilio_violations(), call.events

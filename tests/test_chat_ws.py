@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import shutil
+import statistics
 import time
 
 import httpx
@@ -38,11 +40,85 @@ async def test_echo_over_websocket_and_phone(server, phone):
         print(f"\n{'phone' if phone else 'websocket'}: end of speech -> first echo {delay_ms:.0f} ms")
         assert delay_ms < 1000
         assert chat_sessions(server) == 1
-        logs = [m.get("data") for _, m in client.events if m.get("type") == "log"]
-        assert logs.count("pause_detected") == 1, logs
+        if phone:  # Twilio gets only what it accepts; a mark follows the reply and was echoed
+            assert not client.twilio_violations(), client.event_types()
+            assert "mark" in client.event_types()
+        else:  # fastrtc's clients get the handler's log messages
+            logs = [m.get("data") for _, m in client.events if m.get("type") == "log"]
+            assert logs.count("pause_detected") == 1, logs
         await client.send({"event": "stop"})
-        await client.closed()
+        assert await client.closed() == 1000
+    assert client.refusal() == "stopped" and "error" not in client.event_types(), "a stop is not an error"
     assert await wait_until(lambda: chat_sessions(server) == 0, 3), "the session must be released"
+
+
+async def timed_reports(url: str, until, timeout: float) -> list[tuple[float, dict]]:
+    """A session's `/outputs` reports with their arrival times, until `until(reports)` holds."""
+    reports: list[tuple[float, dict]] = []
+    async with httpx.AsyncClient(timeout=timeout + 5) as http, http.stream("GET", url) as resp:
+        deadline = time.monotonic() + timeout
+        async for line in resp.aiter_lines():
+            if line.startswith("data: "):
+                reports.append((time.monotonic(), json.loads(line[6:])))
+                if until([r for _, r in reports]):
+                    break
+            if time.monotonic() > deadline:
+                break
+    return reports
+
+
+async def test_a_phone_reply_lasts_until_twilio_says_it_was_played(server):
+    """A phone buffers what it is sent: the reply is "speaking" (and can be talked over) until the
+    mark after its audio comes back, not when the server sent its last chunk."""
+    async with AudioSocketClient(
+        ws_url(server, "/chat/telephone/handler"), phone=True, mark_delay_s=1.5
+    ) as call:
+        await call.start()
+        states = asyncio.create_task(
+            timed_reports(
+                f"{server.base_url}/chat/outputs?webrtc_id={call.session_id}",
+                lambda events: (
+                    [e.get("state") for e in events if e.get("type") == "state"][-2:]
+                    == ["speaking", "listening"]
+                ),
+                timeout=15,
+            )
+        )
+        await call.speak(None, 0.3)
+        ended = await call.speak(speech(SENTENCE), 1.0)
+        events = await states
+        assert call.audible_after(ended), call.event_types()
+        last_audio = call.media[-1][0]
+        marks = [t for t, m in call.events if m.get("event") == "mark"]
+        assert marks and marks[-1] >= call.audible_after(ended)[-1] - 0.05, "a mark follows the reply"
+        listening_at = [t for t, e in events if e.get("state") == "listening"][-1]
+        assert listening_at - last_audio >= 1.4, (
+            f"listening {listening_at - last_audio:.2f} s after the last audio"
+        )
+
+
+@pytest.mark.parametrize("rate", [16_000, 48_000])
+async def test_websocket_clients_state_their_rates_and_get_speech_back_at_them(server, rate):
+    """fastrtc's WebSocket docs use 48 kHz, the README 16 kHz: `start` says which, both ways."""
+    url = ws_url(server, "/chat/websocket/offer")
+    async with AudioSocketClient(url, input_rate=rate, output_rate=rate) as client:
+        await client.start()
+        await client.speak(None, 0.3)
+        ended = await client.speak(speech(SENTENCE), 1.0)
+        assert await wait_until(lambda: client.audible_after(ended), 5), client.event_types()
+        await asyncio.sleep(0.5)
+        per_message = statistics.median(client.media_sizes)
+        assert abs(per_message * 50 - rate) <= 100, f"20 ms messages of {per_message} samples at {rate} Hz"
+
+
+async def test_a_websocket_start_with_an_impossible_rate_is_refused_clearly(server):
+    url = ws_url(server, "/chat/websocket/offer")
+    async with AudioSocketClient(url, input_rate=1_000_000) as client:
+        await client.start()
+        assert await client.closed() == 1008
+    assert client.refusal() == "protocol_error"
+    assert "input_sample_rate must be an integer from 8000 to 48000" in client.events[-1][1]["message"]
+    assert await wait_until(lambda: chat_sessions(server) == 0, 3)
 
 
 async def test_phone_barge_in_sends_clear(server):

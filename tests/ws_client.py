@@ -25,7 +25,11 @@ class AudioSocketClient:
     phone: bool = False
     input_rate: int | None = None  # fastrtc's protocol: the handler's input rate (ours 16 kHz)
     start_parameters: dict[str, str] = field(default_factory=dict)  # Twilio's <Parameter>s from TwiML
+    output_rate: int | None = None  # fastrtc's protocol: stated in `start` when set
+    echo_marks: bool = True  # Twilio echoes each mark once the audio before it has played
+    mark_delay_s: float = 0.0  # how long this "phone" buffers audio before playing it
     media: list[tuple[float, float]] = field(default_factory=list)  # (arrival, rms)
+    media_sizes: list[int] = field(default_factory=list)  # samples in each media message
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
 
     @property
@@ -50,7 +54,12 @@ class AudioSocketClient:
                                        "mediaFormat": {"encoding": "audio/x-mulaw",
                                        "sampleRate": 8000, "channels": 1}}})  # fmt: skip
         else:
-            await self.send({"event": "start", "websocket_id": self.session_id})
+            start: dict[str, Any] = {"event": "start", "websocket_id": self.session_id}
+            if self.input_rate is not None:
+                start["input_sample_rate"] = self.input_rate
+            if self.output_rate is not None:
+                start["output_sample_rate"] = self.output_rate
+            await self.send(start)
 
     async def send(self, message: dict[str, Any]) -> None:
         await self.ws.send(json.dumps(message))
@@ -63,8 +72,14 @@ class AudioSocketClient:
                 if msg.get("event") == "media":
                     pcm = decode_mulaw(msg["media"]["payload"])
                     self.media.append((now, float(np.sqrt(np.mean(pcm**2))) if len(pcm) else 0.0))
+                    self.media_sizes.append(len(pcm))
                 else:
                     self.events.append((now, msg))
+                    if msg.get("event") == "mark" and self.phone and self.echo_marks:
+                        echo = {"event": "mark", "streamSid": self.session_id, "mark": msg["mark"]}
+                        asyncio.get_running_loop().call_later(
+                            self.mark_delay_s, lambda m=echo: asyncio.ensure_future(self.send(m))
+                        )
 
     async def speak(self, audio48k: np.ndarray | None, seconds_of_silence: float = 0.0) -> float:
         """Send audio (and then silence) as 20 ms media messages in real time; returns when speech ended."""
@@ -97,3 +112,21 @@ class AudioSocketClient:
         with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
             await asyncio.wait_for(self.ws.wait_closed(), timeout)
         return self.ws.close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        return self.ws.close_reason
+
+    def refusal(self) -> str | None:
+        """Why the server ended the session: the `error` event's code (fastrtc's protocol), or the
+        close reason's `code:` prefix (Twilio's, which has no error event)."""
+        errors = [m for _, m in self.events if m.get("event") == "error"]
+        if errors:
+            return errors[-1]["meta"]["error"]
+        reason = self.ws.close_reason or ""
+        return reason.split(":", 1)[0] or None
+
+    def twilio_violations(self) -> list[dict[str, Any]]:
+        """Messages Twilio would reject (it accepts only media, mark and clear, with the streamSid)."""
+        return [m for _, m in self.events
+                if m.get("event") not in ("mark", "clear") or m.get("streamSid") != self.session_id]  # fmt: skip
