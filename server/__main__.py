@@ -12,10 +12,16 @@ from typing import Any
 import uvicorn
 
 from server.config import Settings
+from server.settings_help import describe_settings
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m server", description="Real-time media server")
+    parser = argparse.ArgumentParser(
+        prog="python -m server",
+        description="Real-time media server",
+        epilog=describe_settings(),  # every setting, from the settings model itself
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--host", help="bind address (env HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (env PORT, default 8000)")
     parser.add_argument("--log-level", help="debug, info, warning, error (env LOG_LEVEL)")

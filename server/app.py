@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
@@ -22,7 +23,7 @@ from server.errors import Refusal, install_error_handlers
 from server.ice import IceConfig, pin_host_addresses, set_dead_peer_timeout
 from server.limits import BodySizeLimit, RateLimiter
 from server.metrics import Metrics
-from server.routes import SessionGuard, mount_stream, refuse
+from server.routes import SessionGuard, mount_route_hints, mount_stream, refuse
 from server.shutdown import Drain
 from server.user_streams import check_names
 from streams.runtime import SessionBudget
@@ -135,8 +136,10 @@ def create_app(
     )
 
     def health() -> dict[str, Any]:
+        """`providers`: what the detector's session runs on (not what was asked: CUDA may have fallen back)."""
         return {"detector": {"model": detector.model_path.name, "format": detector.format,
-                             "providers": detector.providers},
+                             "providers": detector.session.get_providers(),
+                             "providers_requested": detector.providers_requested},
                 "assistant": getattr(responders.get("assistant"), "state", "disabled")}  # fmt: skip
 
     def loading() -> list[str]:
@@ -148,6 +151,7 @@ def create_app(
         app, settings, [video, generate, chat, *streams], ice=ice, health=health, loading=loading,
         on_stop=lambda: detect_executor.shutdown(wait=False, cancel_futures=True),
     )  # fmt: skip
+    mount_route_hints(app)  # not in serve_streams: a fastrtc app's own /outputs may come after mount()
     if Path(STATIC_DIR).is_dir():
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
     return app
@@ -218,7 +222,17 @@ def serve_streams(
     )
     app.state.guard = guard
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(OriginGuard, allowed=settings.allowed_origins)
+    if settings.allowed_origins:  # pages on these origins may call the API (preflight included)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],  # tokens travel as a header, never cookies
+            allow_credentials=False,
+            expose_headers=["Retry-After"],
+            max_age=600,
+        )
+    app.add_middleware(OriginGuard, allowed=settings.allowed_origins)  # outermost: refuses the rest
 
     install_error_handlers(app)
     for stream in served:

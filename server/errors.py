@@ -22,6 +22,7 @@ STATUS_BY_CODE = {
     "invalid_sdp": 400,
     "invalid_offer": 400,
     "invalid_candidate_format": 400,
+    "too_many_candidates": 429,
     "unsupported_transport": 400,
     "unknown_connection": 404,
     "connection_already_exists": 409,

@@ -15,7 +15,10 @@ from typing import Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -73,7 +76,16 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.registry.register(LiveCollector(streams))
         r = self.registry
+        # The default registry's process, Python and GC collectors, on this app's own registry: a
+        # private registry does not get them, and memory and CPU are what an operator looks at first.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.offers = Counter("rt_offers", "WebRTC offers by outcome", ["stream", "outcome"], registry=r)
+        self.candidates = Counter(
+            "rt_ice_candidates", "Trickled ICE candidates by outcome (applied, held, or a refusal code)",
+            ["stream", "outcome"], registry=r,
+        )  # fmt: skip
         self.refusals = Counter(
             "rt_refusals",
             "Sessions and requests refused (limits, rate, access), every transport",

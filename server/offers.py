@@ -70,21 +70,16 @@ def make_offer_route(
     admission: Callable[..., Awaitable[OfferBody]],
     count_outcome: Callable[[str], None] = lambda outcome: None,
     bitrate_kbps: tuple[int, int] | None = None,
+    count_candidate: Callable[[str], None] = lambda outcome: None,
 ):  # noqa: ANN201 - FastAPI endpoint
     """`admission` is the FastAPI dependency that parses the body and checks access, owner and rate."""
 
     admitted = Depends(admission)
 
     async def offer(body: OfferBody = admitted) -> Any:
+        if body.type == "ice-candidate":
+            return await candidate(body)
         try:
-            if body.type == "ice-candidate":
-                if body.candidate is None:
-                    raise Refusal(
-                        400, "invalid_candidate_format", "an ice-candidate message needs a candidate"
-                    )
-                answer = await stream.add_candidate(body.webrtc_id, body.candidate)
-                count_outcome("candidate")
-                return answer
             problem = check_offer_sdp(body.sdp, stream.modality, stream.mode)
             if problem:
                 logger.info("session %s: %s offer refused: %s", body.webrtc_id, name, problem)
@@ -101,6 +96,22 @@ def make_offer_route(
         count_outcome("accepted")
         if bitrate_kbps is not None:
             answer = {**answer, "sdp": apply_bitrate_bounds(answer["sdp"], *bitrate_kbps)}
+        return answer
+
+    async def candidate(body: OfferBody) -> Any:
+        """fastrtc posts trickled candidates to the offer route; counted apart from offers."""
+        try:
+            if body.candidate is None:
+                raise Refusal(400, "invalid_candidate_format", "an ice-candidate message needs a candidate")
+            held = body.webrtc_id not in stream.sessions
+            answer = await stream.add_candidate(body.webrtc_id, body.candidate)
+        except OfferRejected as exc:
+            count_candidate(exc.code)
+            raise Refusal.from_rejection(exc) from exc
+        except Refusal as exc:
+            count_candidate(exc.code)
+            raise
+        count_candidate("held" if held else "applied")
         return answer
 
     offer.__name__ = f"{name or 'root'}_offer"

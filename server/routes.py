@@ -132,7 +132,8 @@ def unknown_session(webrtc_id: str, name: str) -> Refusal:
 
 
 async def sse_events(reports: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
-    """Server-sent events, with a comment line as keep-alive so proxies keep the stream open."""
+    """Server-sent events named `output` (what fastrtc's clients listen for; readers of raw `data:`
+    lines see the same), `end` when the session ends, and a comment as keep-alive for proxies."""
     iterator = reports.__aiter__()
     yield ": connected\n\n"
     while True:
@@ -144,7 +145,7 @@ async def sse_events(reports: AsyncIterator[dict[str, Any]]) -> AsyncIterator[st
         except StopAsyncIteration:
             yield "event: end\ndata: {}\n\n"
             return
-        yield f"data: {json.dumps(report)}\n\n"
+        yield f"event: output\ndata: {json.dumps(report)}\n\n"
 
 
 def mount_stream(app: FastAPI, stream: Stream, guard: SessionGuard) -> None:
@@ -169,7 +170,14 @@ def mount_stream(app: FastAPI, stream: Stream, guard: SessionGuard) -> None:
     stream.observer = app.state.metrics.observer(name)
     count = lambda outcome: offers.labels(name, outcome).inc()  # noqa: E731
     router.post("/webrtc/offer")(
-        make_offer_route(stream, name, guard.for_offer(stream, name, count), count, bitrate_kbps=bitrate)
+        make_offer_route(
+            stream,
+            name,
+            guard.for_offer(stream, name, count),
+            count,
+            bitrate_kbps=bitrate,
+            count_candidate=lambda outcome: app.state.metrics.candidates.labels(name, outcome).inc(),
+        )  # fmt: skip
     )
 
     checked_body, checked_query = Depends(guard.for_body(name)), Depends(guard.for_query(name))
@@ -197,6 +205,44 @@ def mount_stream(app: FastAPI, stream: Stream, guard: SessionGuard) -> None:
 
     app.include_router(router)
     app.state.streams[name] = stream
+
+
+# Routes stock fastrtc serves at the root (or its docs have apps define there) -> this server's own.
+FASTRTC_ROOT_ROUTES = {"/webrtc/offer": "/webrtc/offer", "/input_hook": "/input", "/outputs": "/outputs",
+                       "/websocket/offer": "/websocket/offer"}  # fmt: skip
+
+
+def mount_route_hints(app: FastAPI) -> None:
+    """fastrtc's root routes answer with the one error shape naming the prefixed routes to use,
+    instead of the page's bare 405 (a fastrtc client pointed here unchanged says what to change)."""
+    names = list(app.state.streams)
+    if "" in names:
+        return  # a stream served at the root owns these paths
+
+    def hint(path: str) -> tuple[str, list[str]]:
+        target = FASTRTC_ROOT_ROUTES[path]
+        usable = [f"/{n}{target}" for n, s in app.state.streams.items()
+                  if target != "/websocket/offer" or s.modality == "audio"]  # fmt: skip
+        message = f"this server serves each stream under its name: use {', '.join(usable) or 'none'}"
+        return message, usable
+
+    def http_hint(path: str) -> Callable[[], Awaitable[None]]:
+        async def refuse_here() -> None:
+            message, usable = hint(path)
+            raise Refusal(404, "unknown_route", message, routes=usable)
+
+        return refuse_here
+
+    for path in ("/webrtc/offer", "/input_hook", "/outputs"):
+        app.add_api_route(path, http_hint(path), methods=["GET", "POST"], include_in_schema=False)
+
+    @app.websocket("/websocket/offer")
+    async def websocket_hint(websocket: WebSocket) -> None:
+        await websocket.accept()
+        message, usable = hint("/websocket/offer")
+        await websocket.send_json({"event": "error", "status": "failed", "message": message,
+                                   "meta": {"error": "unknown_route", "routes": usable}})  # fmt: skip
+        await websocket.close(code=1008, reason=f"unknown_route: use {', '.join(usable)}"[:123])
 
 
 def mount_root_phone_routes(app: FastAPI, name: str = "chat") -> None:

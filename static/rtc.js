@@ -98,12 +98,12 @@ export async function connect(stream, { setup, onTrack, onMessage, onState, onRe
     if (!resp.ok) throw new Error(`The server refused the connection: ${await readError(resp)}`);
     await pc.setRemoteDescription(await resp.json());
     events = new EventSource(sessionUrl(`${stream}/outputs`, id));
-    events.onmessage = (ev) => {
+    events.addEventListener("output", (ev) => {
       const report = JSON.parse(ev.data);
       // the server says why it ended a session on both channels; the data channel may already be gone
       if (report.type === "ended") onMessage?.({ type: "end_stream", reason: report.reason, data: report.message });
       else onReport?.(report);
-    };
+    });
     events.addEventListener("end", () => events.close());
     events.onerror = () => { if (pc.connectionState === "closed") events.close(); };
     (window.rtcPeers ??= {})[stream] = pc; // for getStats() from the console (and the tests)

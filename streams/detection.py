@@ -57,11 +57,16 @@ def default_thread_count() -> int:
     return 1 if cpus <= 2 else min(4, cpus // 2)
 
 
+def requested_providers(use_gpu: bool) -> list[str]:
+    """What the settings ask for, whether or not this onnxruntime can give it."""
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_gpu else ["CPUExecutionProvider"]
+
+
 def choose_providers(use_gpu: bool) -> list[str]:
+    """The requested providers this onnxruntime build has (others would only earn a UserWarning).
+    Listed is not working: onnxruntime-gpu lists CUDA even when its libraries are missing."""
     available = ort.get_available_providers()
-    if use_gpu and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+    return [p for p in requested_providers(use_gpu) if p in available]
 
 
 def recognise_format(output_shapes: list[tuple[int, ...]]) -> ModelFormat:
@@ -138,8 +143,11 @@ class Detector:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
-        self.providers = choose_providers(use_gpu)
-        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)
+        self.providers_requested = requested_providers(use_gpu)
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=choose_providers(use_gpu))
+        # What the session runs on: onnxruntime silently falls back to CPU when CUDA cannot start.
+        self.providers: list[str] = self.session.get_providers()
+        self._warn_if_fallen_back(path)
         self.model_path = path
         self.iou_threshold = iou_threshold
         self.max_detections = max_detections
@@ -160,6 +168,22 @@ class Detector:
             "detector loaded: %s format=%s input=%s providers=%s threads=%d classes=%d",
             path.name, self.format, self.input_size, self.providers, opts.intra_op_num_threads,
             len(self.class_names),
+        )  # fmt: skip
+
+    def _warn_if_fallen_back(self, path: Path) -> None:
+        """Say once, at load, that a requested provider is not in use (else the GPU is silently idle)."""
+        missing = [p for p in self.providers_requested if p not in self.providers]
+        if not missing:
+            return
+        why = (
+            "not in this onnxruntime build (install onnxruntime-gpu)"
+            if not set(missing) & set(ort.get_available_providers())
+            else "onnxruntime could not start it (CUDA/cuDNN libraries or a GPU missing?)"
+        )
+        logger.warning(
+            "detector %s: %s requested but not in use, %s; fell back to %s "
+            "(set DETECTOR_USE_GPU=false to ask for CPU only)",
+            path.name, ", ".join(missing), why, ", ".join(self.providers),
         )  # fmt: skip
 
     def _class_names(self, shapes: list[tuple[int, ...]]) -> tuple[str, ...]:

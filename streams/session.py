@@ -90,7 +90,7 @@ class Session:
         self.hangup: Hangup | None = None
         self.tracks: list[MediaStreamTrack] = []
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.early_candidates: list[dict[str, Any]] = []
+        self.early_candidates: list[Any] = []  # RTCIceCandidates posted while the offer is answered
         self.connected = transport != "webrtc"
         self.ended = False
         self.end_reason: str | None = None

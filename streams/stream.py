@@ -24,10 +24,10 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
-from aiortc.sdp import candidate_from_sdp
 from pydantic import Field
 
 from streams import fastrtc_adapter as adapter
+from streams.candidates import MAX_PER_SESSION, EarlyCandidates, parse_candidate
 from streams.handlers import ReplyOnPause, VideoStreamHandler
 from streams.inputs import (
     InputSpec,
@@ -132,6 +132,7 @@ class Stream:
         self.pending_timeout_s = 20.0
         self.observer = StreamObserver()
         self.sessions: dict[str, Session] = {}
+        self.early_candidates = EarlyCandidates()  # trickled before their offer
         self.handler = handler
         self._media_factory, self.inputs = self._plan(handler)
 
@@ -312,9 +313,7 @@ class Stream:
                 raise OfferRejected("invalid_offer", f"the offer could not be applied: {exc}") from exc
             await media.start()
             self._start_timers(session)
-            for candidate in session.early_candidates:
-                await self._apply_candidate(session, candidate)
-            session.early_candidates.clear()
+            await self._apply_early_candidates(session)
         except BaseException as exc:
             await session.end("offer_failed")
             if isinstance(exc, OfferRejected | asyncio.CancelledError):
@@ -331,36 +330,42 @@ class Stream:
             set_channel(channel)
 
     async def add_candidate(self, session_id: str, candidate: dict[str, Any]) -> dict[str, str]:
-        """A trickled ICE candidate for a live session: fastrtc's `{"status": "success"}` when applied."""
+        """A trickled ICE candidate: fastrtc's `{"status": "success"}` once applied, or held (bounded,
+        `streams.candidates`) when it came before its offer or while the offer is being answered."""
+        parsed = parse_candidate(candidate)
         session = self.sessions.get(session_id)
-        if session is None or session.transport != "webrtc":
+        if session is None:
+            if parsed is not None:
+                self.early_candidates.hold(session_id, parsed)
+            return {"status": "success"}
+        if session.transport != "webrtc":
             raise OfferRejected("unknown_connection")
-        await self._apply_candidate(session, candidate)
-        return {"status": "success"}
-
-    async def _apply_candidate(self, session: Session, candidate: dict[str, Any]) -> None:
-        text = candidate.get("candidate")
-        if not isinstance(text, str) or len(text) > 1000 or "\n" in text or "\r" in text:
-            raise OfferRejected("invalid_candidate_format")
-        if not text.strip():
-            return  # end of candidates
-        try:
-            parsed = candidate_from_sdp(text.removeprefix("candidate:").strip())
-        except Exception as exc:
-            raise OfferRejected("invalid_candidate_format") from exc
-        mid, index = candidate.get("sdpMid"), candidate.get("sdpMLineIndex")
-        parsed.sdpMid = mid if isinstance(mid, str) else None
-        parsed.sdpMLineIndex = index if isinstance(index, int) else None
-        if session.pc is None:
-            return
-        if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
-            parsed.sdpMLineIndex = 0
+        if parsed is None:
+            return {"status": "success"}
+        if session.pc is None or session.pc.remoteDescription is None:
+            if len(session.early_candidates) >= MAX_PER_SESSION:
+                raise OfferRejected(
+                    "too_many_candidates", f"more than {MAX_PER_SESSION} candidates before the answer"
+                )
+            session.early_candidates.append(parsed)
+            return {"status": "success"}
         try:
             await session.pc.addIceCandidate(parsed)
         except Exception as exc:
             raise OfferRejected(
                 "invalid_candidate_format", f"the ICE candidate was not accepted: {exc}"
             ) from exc
+        return {"status": "success"}
+
+    async def _apply_early_candidates(self, session: Session) -> None:
+        """Candidates that came before the answer; a bad one is logged, not fatal to the session."""
+        held = [*self.early_candidates.take(session.id), *session.early_candidates]
+        session.early_candidates.clear()
+        for candidate in held:
+            try:
+                await session.pc.addIceCandidate(candidate)
+            except Exception as exc:
+                logger.info("session %s: an early ICE candidate was not accepted: %s", session.id, exc)
 
     # ---- WebSocket and phone ----
     async def open_session(self, session_id: str, transport: str, hangup: Any, channel: Any = None,

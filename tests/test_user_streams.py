@@ -292,7 +292,7 @@ window.start = async () => {
     body: JSON.stringify({sdp: pc.localDescription.sdp, type: "offer", webrtc_id})});
   await pc.setRemoteDescription(await resp.json());
   const events = new EventSource(`/${stream}/outputs?webrtc_id=${webrtc_id}&token=${token}`);
-  events.onmessage = (e) => window.outputs.push(JSON.parse(e.data));
+  events.addEventListener("output", (e) => window.outputs.push(JSON.parse(e.data)));  // as fastrtc's demos
   window.setInput = async (values) => (await fetch(`/${stream}/input`, {method: "POST", headers: auth,
     body: JSON.stringify({webrtc_id, ...values})})).status;
 };

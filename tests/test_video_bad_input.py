@@ -67,7 +67,7 @@ async def test_malformed_offer_requests_get_clear_4xx(http):
         resp = await http.post(offer, json={"type": "offer", "webrtc_id": "ow", "sdp": one_way})
         assert_refusal(resp, 400, "invalid_sdp", "sendrecv")
     cand = {"type": "ice-candidate", "webrtc_id": "nobody", "candidate": {"candidate": "candidate:1 1 udp"}}
-    assert_refusal(await http.post(offer, json=cand), 404, "unknown_connection")
+    assert_refusal(await http.post(offer, json=cand), 400, "invalid_candidate_format")
     huge = {"type": "offer", "webrtc_id": "big", "sdp": "v=0\r\n" + "a=x\r\n" * 40_000}
     assert_refusal(await http.post(offer, json=huge), 413, "body_too_large")
 
