@@ -56,17 +56,60 @@ def create_app(
     ice = IceConfig(settings)
     set_dead_peer_timeout(settings.ice_dead_peer_timeout_s)
 
-    # The built-ins' modules (models, codecs) are imported only when they are built.
-    from streams.assistant import BackgroundLoaded, load_assistant
-    from streams.chat import EchoResponder, Responder, create_chat_stream
+    enabled = settings.builtin_streams
+    check_names([_Named(n) for n in enabled] + list(streams))  # before any model loads
+    built: list[Stream] = []
+    health_parts: dict[str, Callable[[], Any]] = {}
+    loading_parts: list[Callable[[], list[str]]] = []
+    stops: list[Callable[[], None]] = []
+    detector = None
+    # Each built-in's modules and models load only when it is enabled (BUILTIN_STREAMS).
+    if "video" in enabled:
+        video, detector, detect_executor = _build_video(settings, ice, video_filters)
+        built.append(video)
+        health_parts["detector"] = lambda: {
+            "model": detector.model_path.name, "format": detector.format,
+            "providers": detector.session.get_providers(),  # in use: CUDA may have fallen back
+            "providers_requested": detector.providers_requested,
+        }  # fmt: skip
+        stops.append(lambda: detect_executor.shutdown(wait=False, cancel_futures=True))
+    if "generate" in enabled:
+        built.append(_build_generate(settings, ice))
+    if "chat" in enabled:
+        chat, responders = _build_chat(settings, ice)
+        built.append(chat)
+        health_parts["assistant"] = lambda: getattr(responders.get("assistant"), "state", "disabled")
+        loading_parts.append(
+            lambda: [n for n, r in responders.items() if getattr(r, "state", "ready") == "loading"]
+        )
+
+    def health() -> dict[str, Any]:
+        return {name: part() for name, part in health_parts.items()}
+
+    def loading() -> list[str]:
+        return [name for part in loading_parts for name in part()]
+
+    def on_stop() -> None:
+        for stop in stops:
+            stop()
+
+    app = FastAPI(title="rtserver", version="0.1.0")
+    app.state.detector = detector
+    serve_streams(app, settings, [*built, *streams], ice=ice, health=health, loading=loading, on_stop=on_stop)
+    mount_route_hints(app)  # not in serve_streams: a fastrtc app's own /outputs may come after mount()
+    if Path(STATIC_DIR).is_dir():
+        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
+    return app
+
+
+def _build_video(
+    settings: Settings, ice: IceConfig, video_filters: Mapping[str, Any] | None
+) -> tuple[Stream, Any, ThreadPoolExecutor]:
+    """/video: the webcam through the filters and the detector (loaded here)."""
     from streams.detection import Detector
     from streams.filters import FILTERS
-    from streams.generation import create_generate_stream, ensure_sample_clip
-    from streams.turns import TurnSettings
-    from streams.vad import SileroVAD
     from streams.video import create_video_stream
 
-    check_names([_Named("video"), _Named("generate"), _Named("chat"), *streams])  # before any model loads
     detector = Detector(
         settings.detector_model_path,
         threads=settings.detector_threads,
@@ -74,7 +117,6 @@ def create_app(
         iou_threshold=settings.detector_iou_threshold,
     )
     detect_executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="detect")
-    filters = dict(video_filters) if video_filters is not None else dict(FILTERS)
     video = create_video_stream(
         default_filter=settings.video_default_filter,
         default_detect=settings.video_default_detect,
@@ -84,11 +126,17 @@ def create_app(
         concurrency_limit=settings.video_concurrency_limit,
         time_limit=settings.video_time_limit_s,
         server_rtc_configuration=ice.server_configuration,
-        filters=filters,
+        filters=dict(video_filters) if video_filters is not None else dict(FILTERS),
         report_hz=settings.video_report_hz,
     )
+    return video, detector, detect_executor
 
-    generate = create_generate_stream(
+
+def _build_generate(settings: Settings, ice: IceConfig) -> Stream:
+    """/generate: server-made video at a live fps."""
+    from streams.generation import create_generate_stream, ensure_sample_clip
+
+    return create_generate_stream(
         default_fps=settings.generate_default_fps,
         default_source=settings.generate_default_source,
         video_path=settings.generate_video_path or ensure_sample_clip(SAMPLE_CLIP),
@@ -98,12 +146,20 @@ def create_app(
         server_rtc_configuration=ice.server_configuration,
     )
 
+
+def _build_chat(settings: Settings, ice: IceConfig) -> tuple[Stream, dict[str, Any]]:
+    """/chat: the VAD now; speech-to-text and text-to-speech in the background (ASSISTANT_ENABLED)."""
+    from streams.assistant import BackgroundLoaded, load_assistant
+    from streams.chat import EchoResponder, Responder, create_chat_stream
+    from streams.turns import TurnSettings
+    from streams.vad import SileroVAD
+
     vad = SileroVAD()
     vad.warmup()
     responders: dict[str, Responder] = {"echo": EchoResponder()}
     unavailable = {}
     if settings.assistant_enabled:
-        assistant = BackgroundLoaded(
+        responders["assistant"] = BackgroundLoaded(
             lambda: load_assistant(
                 llm_base_url=settings.llm_base_url,
                 llm_model=settings.llm_model,
@@ -112,7 +168,6 @@ def create_app(
                 stt_threads=settings.stt_threads,
             )
         )
-        responders["assistant"] = assistant
     else:
         unavailable["assistant"] = "disabled by ASSISTANT_ENABLED=false"
     if settings.chat_default_mode in unavailable:
@@ -134,27 +189,7 @@ def create_app(
         time_limit=settings.chat_time_limit_s,
         server_rtc_configuration=ice.server_configuration,
     )
-
-    def health() -> dict[str, Any]:
-        """`providers`: what the detector's session runs on (not what was asked: CUDA may have fallen back)."""
-        return {"detector": {"model": detector.model_path.name, "format": detector.format,
-                             "providers": detector.session.get_providers(),
-                             "providers_requested": detector.providers_requested},
-                "assistant": getattr(responders.get("assistant"), "state", "disabled")}  # fmt: skip
-
-    def loading() -> list[str]:
-        return [n for n, r in responders.items() if getattr(r, "state", "ready") == "loading"]
-
-    app = FastAPI(title="rtserver", version="0.1.0")
-    app.state.detector = detector
-    serve_streams(
-        app, settings, [video, generate, chat, *streams], ice=ice, health=health, loading=loading,
-        on_stop=lambda: detect_executor.shutdown(wait=False, cancel_futures=True),
-    )  # fmt: skip
-    mount_route_hints(app)  # not in serve_streams: a fastrtc app's own /outputs may come after mount()
-    if Path(STATIC_DIR).is_dir():
-        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
-    return app
+    return chat, responders
 
 
 def serve_streams(

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
         30.0, ge=3, le=300, description="a peer that stops answering ICE consent checks is dropped after this"
     )
 
+    # --- built-in streams ---
+    builtin_streams: Annotated[list[Literal["video", "generate", "chat"]], NoDecode] = Field(
+        default_factory=lambda: ["video", "generate", "chat"],
+        description="comma-separated built-ins to serve (and load models for); empty: only --streams",
+    )
+
     # --- limits ---
     video_concurrency_limit: int = Field(8, ge=1)
     video_time_limit_s: float | None = Field(None, gt=0)
@@ -137,7 +143,7 @@ class Settings(BaseSettings):
     detector_use_gpu: bool = True
     detector_iou_threshold: float = Field(0.5, gt=0.0, le=1.0)
 
-    @field_validator("ice_host_addresses", "allowed_origins", "turn_urls", mode="before")
+    @field_validator("ice_host_addresses", "allowed_origins", "turn_urls", "builtin_streams", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):

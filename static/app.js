@@ -195,3 +195,10 @@ async function sendChatParams(id, setStatus) {
 }
 
 $("chat-mode").addEventListener("change", () => { if (chat.session) sendChatParams(chat.session.id, chat.setStatus); });
+
+// Only the built-ins this server serves get a panel (BUILTIN_STREAMS may switch some off).
+fetch("/healthz").then((r) => r.json()).then(({ streams }) => {
+  for (const [panelId, stream] of [["camera", "video"], ["generate", "generate"], ["chat", "chat"]]) {
+    if (!(stream in streams)) $(panelId).hidden = true;
+  }
+}).catch(() => { /* the panels stay; their own requests will say what is wrong */ });

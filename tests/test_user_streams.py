@@ -366,3 +366,27 @@ async def test_an_audio_video_handler_gets_both_and_sends_both_back(users):
         for reader in readers:
             reader.cancel()
         await pc.close()
+
+
+def resident_mb(server: ServerProcess) -> float:
+    metrics = httpx.get(f"{server.base_url}/metrics").text
+    line = next(x for x in metrics.splitlines() if x.startswith("process_resident_memory_bytes "))
+    return float(line.split()[1]) / 2**20
+
+
+async def test_only_the_enabled_built_ins_load_their_models(server):
+    """BUILTIN_STREAMS= serves just the user's stream: no detector, VAD, Whisper or Piper in memory,
+    and the page shows no panel for what is not served."""
+    cli = ["--streams", "tests.user_apps.generator:stream"]
+    with ServerProcess(cli=cli, env={"BUILTIN_STREAMS": ""}, log_name="no-builtins") as alone:
+        health = httpx.get(f"{alone.base_url}/healthz").json()
+        assert set(health["streams"]) == {"generator"}
+        assert "detector" not in health and "assistant" not in health
+        assert httpx.get(f"{alone.base_url}/readyz").status_code == 200
+        assert httpx.post(f"{alone.base_url}/video/webrtc/offer", json={}).status_code in (404, 405)
+        assert await wait_until(lambda: httpx.get(f"{server.base_url}/readyz").status_code == 200, 60)
+        alone_mb, full_mb = resident_mb(alone), resident_mb(server)
+        print(
+            f"\nresident memory before any session: user stream only {alone_mb:.0f} MB, all built-ins {full_mb:.0f} MB"
+        )
+        assert alone_mb < full_mb * 0.8, (alone_mb, full_mb)
