@@ -23,6 +23,7 @@ from server.errors import Refusal, install_error_handlers
 from server.ice import IceConfig, pin_host_addresses, set_dead_peer_timeout
 from server.limits import BodySizeLimit, RateLimiter
 from server.metrics import Metrics
+from server.openapi import install_api_docs
 from server.routes import SessionGuard, mount_route_hints, mount_stream, refuse
 from server.shutdown import Drain
 from server.user_streams import check_names
@@ -272,6 +273,7 @@ def serve_streams(
     install_error_handlers(app)
     for stream in served:
         mount_stream(app, stream, guard)
+    install_api_docs(app)  # the schema is completed when asked for, so later routes count too
 
     def master(request: Request) -> None:
         """Dependency: the master access token (when AUTH_TOKEN is set)."""

@@ -13,7 +13,7 @@ import inspect
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
@@ -122,6 +122,8 @@ def build_inputs(
         allowed = _choices(component) if component is not None else []
         if allowed:
             validators[f"_check_{name}"] = _choice_validator(name, allowed)
+            annotation, info = fields[name]  # and the model's JSON schema (OpenAPI) lists them
+            fields[name] = (Annotated[annotation, Field(json_schema_extra={"enum": allowed})], info)
     for name, spec in (extra or {}).items():
         fields[name] = spec
     if not fields:
