@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import detection, generate, scale, slow, summary, turns, video
+from bench import detection, generate, memory, scale, slow, summary, turns, video
 
 ALL = {
     "detection": detection,
@@ -14,6 +14,7 @@ ALL = {
     "generate": generate,
     "turns": turns,
     "scale": scale,
+    "memory": memory,
 }
 
 

@@ -4,7 +4,7 @@
 - `stock`: fastrtc 0.0.34's `Stream` as shipped, with the same handler.
 - `ours`:  this project's server (`server.app.create_app`).
 
-Chosen by environment: BENCH_SERVER (raw|raw-audio-sink|stock|stock-generate|stock-chat|ours), BENCH_HANDLER
+Chosen by environment: BENCH_SERVER (raw|raw-audio-sink|stock|stock-generate|stock-chat|ours|ours-user), BENCH_HANDLER
 (pass|cartoon|detect|slow200), BENCH_SKIP_FRAMES (stock only), BENCH_FPS (stock-generate only). Start with `uvicorn --factory bench.servers:app`.
 """
 
@@ -214,6 +214,16 @@ def ours_app(handler_name: str) -> FastAPI:
     return create_app(Settings(video_concurrency_limit=64, chat_concurrency_limit=64), video_filters=filters)
 
 
+def ours_user_app(handler_name: str) -> FastAPI:
+    """Anyone's handler served alone (`--streams`, BUILTIN_STREAMS empty), on the same `/video` route."""
+    from server.app import create_app
+    from server.config import Settings
+    from streams import Stream
+
+    stream = Stream(make_handler(handler_name), modality="video", mode="send-receive", name="video")
+    return create_app(Settings(builtin_streams=[], video_concurrency_limit=64), streams=[stream])
+
+
 def app() -> FastAPI:
     from server.ice import pin_host_addresses
 
@@ -230,4 +240,6 @@ def app() -> FastAPI:
         return stock_chat_app()
     if kind == "stock-generate":
         return stock_generate_app(int(os.environ.get("BENCH_FPS", "30")))
+    if kind == "ours-user":
+        return ours_user_app(handler)
     return ours_app(handler)

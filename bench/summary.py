@@ -18,7 +18,7 @@ import psutil
 
 from bench.common import RESULTS, table
 
-ORDER = ["video", "slow", "scale", "generate", "turns", "detection"]
+ORDER = ["video", "slow", "scale", "generate", "turns", "memory", "detection"]
 PACKAGES = ["fastrtc", "aiortc", "aioice", "av", "onnxruntime", "opencv-python-headless", "numpy", "uvicorn"]
 
 
@@ -172,6 +172,21 @@ def turns_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return lines
 
 
+def memory_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def mb(server: str, contains: str = "") -> str:
+        return f"{next(r for r in rows if r['server'] == server and contains in r['what'])['rss_mb']:.0f} MB"
+
+    return [
+        {
+            "benchmark": "memory",
+            "measure": "resident before any session: one video stream (ours: a user stream alone)",
+            "ours": mb("ours-user"),
+            "stock fastrtc": mb("stock"),
+            "raw aiortc": mb("raw"),
+        },
+    ]
+
+
 def detection_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
@@ -189,6 +204,7 @@ HEADLINES: dict[str, Callable[[list[dict[str, Any]]], list[dict[str, Any]]]] = {
     "scale": scale_lines,
     "generate": generate_lines,
     "turns": turns_lines,
+    "memory": memory_lines,
     "detection": detection_lines,
 }
 

@@ -61,7 +61,7 @@ def create_app(
     check_names([_Named(n) for n in enabled] + list(streams))  # before any model loads
     built: list[Stream] = []
     health_parts: dict[str, Callable[[], Any]] = {}
-    loading_parts: list[Callable[[], list[str]]] = []
+    model_parts: list[Callable[[], dict[str, str]]] = []  # model -> loading | ready | failed
     stops: list[Callable[[], None]] = []
     detector = None
     # Each built-in's modules and models load only when it is enabled (BUILTIN_STREAMS).
@@ -74,21 +74,22 @@ def create_app(
             "providers_requested": detector.providers_requested,
         }  # fmt: skip
         stops.append(lambda: detect_executor.shutdown(wait=False, cancel_futures=True))
+        model_parts.append(lambda: {"detector": "ready"})  # loaded above, in under a second
     if "generate" in enabled:
         built.append(_build_generate(settings, ice))
     if "chat" in enabled:
         chat, responders = _build_chat(settings, ice)
         built.append(chat)
         health_parts["assistant"] = lambda: getattr(responders.get("assistant"), "state", "disabled")
-        loading_parts.append(
-            lambda: [n for n, r in responders.items() if getattr(r, "state", "ready") == "loading"]
+        model_parts.append(
+            lambda: {"vad": "ready", **{n: r.state for n, r in responders.items() if hasattr(r, "state")}}
         )
 
     def health() -> dict[str, Any]:
         return {name: part() for name, part in health_parts.items()}
 
-    def loading() -> list[str]:
-        return [name for part in loading_parts for name in part()]
+    def models() -> dict[str, str]:
+        return {name: state for part in model_parts for name, state in part().items()}
 
     def on_stop() -> None:
         for stop in stops:
@@ -96,7 +97,7 @@ def create_app(
 
     app = FastAPI(title="rtserver", version="0.1.0")
     app.state.detector = detector
-    serve_streams(app, settings, [*built, *streams], ice=ice, health=health, loading=loading, on_stop=on_stop)
+    serve_streams(app, settings, [*built, *streams], ice=ice, health=health, models=models, on_stop=on_stop)
     mount_route_hints(app)  # not in serve_streams: a fastrtc app's own /outputs may come after mount()
     if Path(STATIC_DIR).is_dir():
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
@@ -200,7 +201,7 @@ def serve_streams(
     *,
     ice: IceConfig | None = None,
     health: Callable[[], dict[str, Any]] = dict,
-    loading: Callable[[], list[str]] = list,
+    models: Callable[[], dict[str, str]] = dict,
     on_stop: Callable[[], None] | None = None,
 ) -> None:
     """Everything a stream gets from this server, on `app`: one session budget, the drain, access
@@ -304,13 +305,15 @@ def serve_streams(
 
     @app.get("/readyz", tags=["ops"])
     async def readyz() -> Any:
-        """Ready for traffic: not draining, and no model still loading (a load balancer waits)."""
-        still_loading = loading()
+        """Ready for traffic: not draining, and no model still loading (a load balancer waits).
+        Says each enabled model's state; a model that failed is not waited for (its mode says why)."""
+        states = models()
+        still_loading = [name for name, state in states.items() if state == "loading"]
         if budget.draining:
             raise Refusal(503, "shutting_down", "the server is shutting down")
         if still_loading:
-            raise Refusal(503, "loading", f"still loading models: {', '.join(still_loading)}")
-        return {"status": "ready"}
+            raise Refusal(503, "loading", f"still loading models: {', '.join(still_loading)}", models=states)
+        return {"status": "ready", "models": states}
 
     @app.get("/metrics", tags=["ops"], dependencies=[Depends(master)])
     async def metrics() -> Response:

@@ -32,6 +32,7 @@ _INET = re.compile(
 _INET6 = re.compile(
     r'sa_family=AF_INET6, sin6_port=htons\((?P<port>\d+)\).*?inet_pton\(AF_INET6, "(?P<addr>[0-9a-fA-F:.]+)"'
 )
+_RESUMED = re.compile(r"^(?P<pid>\d+)\s+<\.\.\. (?:connect|sendto|sendmsg) resumed>")
 _FRAME = re.compile(r"^\s*>\s*(?P<path>\S+?)(?:\((?P<symbol>[^)]*)\))?\s+\[0x[0-9a-f]+\]")
 # Frames that only pass the call along: the library to blame is the first one not in this list.
 _PLUMBING = ("libc.so", "libc-", "libpthread", "ld-linux", "libresolv", "libnss_", "/python3", "libpython")
@@ -101,6 +102,7 @@ def scan(log: Path) -> list[Attempt]:
     """Every attempt in an audit log to reach beyond loopback."""
     attempts: list[Attempt] = []
     current: Attempt | None = None
+    unfinished: dict[int, Attempt] = {}  # by pid: calls whose stack comes after their "resumed" line
     local = _local_addresses()
     for line in log.read_text(errors="replace").splitlines():
         frame = _FRAME.match(line)
@@ -110,6 +112,10 @@ def scan(log: Path) -> list[Attempt]:
                 current.stack.append(f"{where}({frame['symbol']})" if frame["symbol"] else where)
             continue
         current = None
+        resumed = _RESUMED.match(line)
+        if resumed is not None:  # a call split by another thread's: its stack follows this line
+            current = unfinished.pop(int(resumed["pid"]), None)
+            continue
         call = _CALL.match(line)
         if call is None:
             continue
@@ -121,6 +127,8 @@ def scan(log: Path) -> list[Attempt]:
             continue
         current = Attempt(int(call["pid"]), call["call"], found["addr"], port)
         attempts.append(current)
+        if call["args"].rstrip().endswith("<unfinished ...>"):
+            unfinished[current.pid], current = current, None
     return attempts
 
 

@@ -125,3 +125,19 @@ def test_a_server_that_looks_things_up_fails_the_audit_naming_the_library():
         return
     with pytest.raises(netaudit.NetworkAttempt, match=r"port 53, from onnxruntime"):
         netaudit.check(log, "python -m server with ORT_DISABLE_TELEMETRY=0")
+
+
+def test_a_call_split_by_another_thread_keeps_its_stack(tmp_path):
+    """strace prints `<unfinished ...>` and later `<... connect resumed>`, with the stack after the
+    second line: the library must still be named (it was "?" on CI's first lookups)."""
+    log = tmp_path / "split.net.log"
+    log.write_text(
+        '7 connect(21, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("10.0.0.53")}, 16 <unfinished ...>\n'
+        "8 futex(0x1, FUTEX_WAKE, 1) = 0\n"
+        "7  <... connect resumed>)            = -1 ENETUNREACH (Network is unreachable)\n"
+        " > /usr/lib/x86_64-linux-gnu/libc.so.6(__connect+0x4b) [0x10a7fb]\n"
+        " > /usr/lib/x86_64-linux-gnu/libc.so.6(getaddrinfo+0x1506) [0x1]\n"
+        " > /site-packages/onnxruntime/capi/onnxruntime_pybind11_state.so(PyInit+0x1) [0x2]\n"
+    )
+    (attempt,) = netaudit.scan(log)
+    assert attempt.port == 53 and attempt.library.startswith("onnxruntime_pybind11_state"), attempt.stack

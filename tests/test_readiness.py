@@ -20,6 +20,7 @@ def test_ready_only_once_models_are_loaded(tmp_path):
         resp = httpx.get(f"{server.base_url}/readyz")
         assert resp.status_code == 503, resp.text
         assert resp.json()["meta"]["error"] == "loading" and "assistant" in resp.json()["message"]
+        assert resp.json()["meta"]["models"] == {"detector": "ready", "vad": "ready", "assistant": "loading"}
         assert httpx.get(f"{server.base_url}/healthz").status_code == 200  # alive meanwhile
         gate.touch()
         deadline = time.monotonic() + 10
@@ -27,5 +28,6 @@ def test_ready_only_once_models_are_loaded(tmp_path):
             assert time.monotonic() < deadline, "never became ready"
             time.sleep(0.1)
         assert httpx.get(f"{server.base_url}/healthz").json()["assistant"] == "failed"
+        assert httpx.get(f"{server.base_url}/readyz").json()["models"]["assistant"] == "failed"
     finally:
         server.stop()
