@@ -1,6 +1,7 @@
 """Resident memory before any session: what a server costs just for being up, ours against stock.
 
-Each server starts fresh, is waited on until ready (ours: `/readyz`, so the assistant's background
+Each server starts fresh (the same harness as the other benchmarks: every process, stock included,
+imports fastrtc and so gradio; a bare aiortc process would be smaller, so no "raw" row here), is waited on until ready (ours: `/readyz`, so the assistant's background
 models are in), settles 3 s, and its resident set size is read once; no session is ever opened.
 """
 
@@ -14,7 +15,6 @@ import psutil
 from bench.common import save, start_server, table
 
 SERVERS = [
-    ("raw", "raw aiortc, one video route", {}),
     ("stock", "stock fastrtc, one video Stream", {}),
     ("stock-chat", "stock fastrtc, one ReplyOnPause Stream", {}),
     ("ours-user", "ours, one user video stream (BUILTIN_STREAMS=)", {}),

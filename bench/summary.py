@@ -182,7 +182,6 @@ def memory_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "measure": "resident before any session: one video stream (ours: a user stream alone)",
             "ours": mb("ours-user"),
             "stock fastrtc": mb("stock"),
-            "raw aiortc": mb("raw"),
         },
     ]
 
