@@ -10,9 +10,15 @@ import sys
 from typing import Any
 
 import uvicorn
+from pydantic import ValidationError
 
 from server.config import Settings
+from server.errors import describe_errors
+from server.logs import uvicorn_log_config
 from server.settings_help import describe_settings
+
+# The largest WebSocket message accepted: a 20 ms media message is under 2 KB; start, about 1 KB.
+WS_MAX_BYTES = 256 * 1024
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,7 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.phone:
         token = phone_preflight()
     overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("phone", "streams")}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:  # one line per bad setting, no traceback
+        sys.exit("error: bad settings: " + describe_errors(list(exc.errors())))
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -64,7 +73,21 @@ def main(argv: list[str] | None = None) -> None:
         serve_on_phone(app, token, settings)
         return
     print(f"Serving on http://{settings.host}:{settings.port}", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    uvicorn.run(app, host=settings.host, port=settings.port, **uvicorn_options(settings))
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """What `python -m server` (and `--phone`) give uvicorn beyond host and port."""
+    return {
+        "log_level": settings.log_level.lower(),
+        "log_config": uvicorn_log_config(),  # no tokens in the access log
+        "ws_max_size": WS_MAX_BYTES,  # uvicorn's default is 16 MiB per message
+        "ws_per_message_deflate": False,  # a small compressed frame must not inflate to megabytes
+        # uvicorn alone would believe X-Forwarded-For from 127.0.0.1: any local client could then
+        # pick its own rate-limit key
+        "proxy_headers": settings.forwarded_allow_ips is not None,
+        "forwarded_allow_ips": settings.forwarded_allow_ips or "",
+    }
 
 
 def serve_on_phone(app: Any, token: str, settings: Settings) -> None:
@@ -72,7 +95,7 @@ def serve_on_phone(app: Any, token: str, settings: Settings) -> None:
     from server.fastphone import PhoneUnavailable, serve_with_phone
 
     try:
-        serve_with_phone(app, token, settings.host, settings.port, log_level=settings.log_level.lower())
+        serve_with_phone(app, token, settings.host, settings.port, **uvicorn_options(settings))
     except PhoneUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         os._exit(1)  # model-loading threads may still be inside native code: skip interpreter teardown

@@ -29,13 +29,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
 INSTANCE_ID_PATTERN = r"^[a-z0-9-]{1,32}$"
 _OWNED_ID = re.compile(r"^(?P<owner>[a-z0-9-]{1,32})\.[0-9a-f]{32}$")
-PHONE_SUBJECT = "phone"  # what the token in our TwiML is signed for: the call's stream id is not known yet
+MAX_ISSUED = 100_000  # session ids remembered for TURN credentials (about 10 MB at most)
+# What the token in our TwiML is signed for (the call's stream id is not known yet); '#' is in no
+# session id, so a phone token drives no session.
+PHONE_SUBJECT = "#phone"
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,17 @@ class Access:
         self.instance_id = instance_id
         self.auth_token = auth_token or None
         self.session_ttl_s = session_ttl_s
-        # Derived from the shared token, so every process behind one proxy verifies the same tokens.
-        self._key = hashlib.sha256(b"rtserver-session:" + (self.auth_token or "").encode()).digest()
+        self._issued: dict[str, float] = {}  # webrtc_id -> expiry (monotonic), for TURN credentials
+        # Derived from the shared token (so every process behind one proxy verifies the same tokens)
+        # with HKDF, never the token itself; AUTH_TOKEN's length is checked at start (settings).
+        self._key = HKDF(algorithm=SHA256(), length=32, salt=b"rtserver", info=b"session tokens v1").derive(
+            (self.auth_token or "").encode()
+        )
+
+    def was_issued(self, webrtc_id: str | None) -> bool:
+        """This process issued `webrtc_id` (by `POST /api/session`) and it has not expired."""
+        expiry = self._issued.get(webrtc_id or "")
+        return expiry is not None and expiry > time.monotonic()
 
     @property
     def required(self) -> bool:
@@ -74,6 +88,10 @@ class Access:
 
     def issue(self) -> dict[str, Any]:
         webrtc_id = f"{self.instance_id}.{secrets.token_hex(16)}"
+        now = time.monotonic()
+        self._issued[webrtc_id] = now + self.session_ttl_s
+        while len(self._issued) > MAX_ISSUED or next(iter(self._issued.values())) < now:
+            del self._issued[next(iter(self._issued))]  # oldest first: insertion order is issue order
         return {
             "webrtc_id": webrtc_id,
             "token": self.sign(webrtc_id) if self.required else None,
@@ -92,12 +110,19 @@ class Access:
 
     def _valid_for(self, credential: str, subject: str) -> bool:
         expiry_text, _, mac = credential.partition(".")
-        if not expiry_text.isdigit() or int(expiry_text) < time.time():
+        # ASCII digits, at most 12 (year 33658): int() of thousands of digits raises, and isdigit()
+        # accepts other scripts' digits
+        if not (expiry_text.isascii() and expiry_text.isdigit() and len(expiry_text) <= 12):
             return False
-        return hmac.compare_digest(mac, self._mac(subject, int(expiry_text)))
+        if int(expiry_text) < time.time():
+            return False
+        return hmac.compare_digest(mac.encode(), self._mac(subject, int(expiry_text)).encode())
 
     def is_master(self, credential: str | None) -> bool:
-        return credential is not None and hmac.compare_digest(credential, self.auth_token or "")
+        """Compared as bytes: `compare_digest` raises on non-ASCII strings (a 500 before)."""
+        return credential is not None and hmac.compare_digest(
+            credential.encode(), (self.auth_token or "").encode()
+        )
 
     def check_any(self, credential: str | None, webrtc_id: str | None) -> Denied | None:
         """Routes for whoever holds a session (the ICE configuration): the token, or a valid session

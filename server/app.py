@@ -24,7 +24,7 @@ from server.ice import IceConfig, pin_host_addresses, set_dead_peer_timeout
 from server.limits import BodySizeLimit, RateLimiter
 from server.metrics import Metrics
 from server.openapi import install_api_docs
-from server.routes import SessionGuard, mount_route_hints, mount_stream, refuse
+from server.routes import SessionGuard, client_key, mount_route_hints, mount_stream, refuse
 from server.shutdown import Drain
 from server.user_streams import check_names
 from streams.runtime import SessionBudget
@@ -212,11 +212,17 @@ def serve_streams(
         pin_host_addresses(settings.ice_host_addresses)
         set_dead_peer_timeout(settings.ice_dead_peer_timeout_s)
         ice = IceConfig(settings)
-    budget = SessionBudget(max_sessions=settings.max_sessions, max_pending=settings.max_pending_offers)
+    budget = SessionBudget(
+        max_sessions=settings.max_sessions,
+        max_pending=settings.max_pending_offers,
+        max_pending_per_client=settings.max_pending_offers_per_client,
+    )
     for stream in served:
         stream.join(budget, pending_timeout_s=settings.pending_offer_timeout_s)
         if stream.rtc_configuration_source is None:  # TURN/ICE settings apply to user streams too
             stream.rtc_configuration_source = ice.server_configuration
+        if stream.max_frame_pixels is None:
+            stream.max_frame_pixels = settings.video_max_pixels
 
     async def close_all_sessions() -> None:
         await asyncio.gather(*(s.close_all("server_shutdown") for s in budget.streams))
@@ -289,7 +295,17 @@ def serve_streams(
         if denied is not None:
             raise refuse(denied)
 
-    @app.post("/api/session", tags=["access"], dependencies=[Depends(master)])
+    issue_limiter = RateLimiter(settings.offer_rate_per_minute, settings.offer_rate_burst)
+
+    def issue_rate(request: Request) -> None:
+        """Dependency: session ids per client address, at the new-session rate (each can get TURN
+        credentials)."""
+        wait = issue_limiter.acquire(client_key(request))
+        if wait > 0:
+            raise Refusal(429, "rate_limited", f"too many new sessions from this address; retry in "
+                          f"{max(1, round(wait))} s", retry_after_s=wait)  # fmt: skip
+
+    @app.post("/api/session", tags=["access"], dependencies=[Depends(master), Depends(issue_rate)])
     async def new_session() -> Any:
         """A server-issued session id (naming this process) and, with AUTH_TOKEN set, its token."""
         return access.issue()
@@ -320,5 +336,10 @@ def serve_streams(
         return Response(app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/api/rtc-config", tags=["ice"], dependencies=[Depends(any_credential)])
-    async def rtc_config() -> Any:
+    async def rtc_config(request: Request) -> Any:
+        """The browser's RTCConfiguration. TURN credentials only for a session this server issued
+        (`POST /api/session`), so a stranger cannot mint relays without the rate-limited route."""
+        if ice.hands_out_credentials and not access.was_issued(request.query_params.get("webrtc_id")):
+            raise Refusal(403, "session_required", "TURN credentials are for sessions this server issued: "
+                          "POST /api/session, then GET /api/rtc-config?webrtc_id=<its id>")  # fmt: skip
         return ice.client_configuration()

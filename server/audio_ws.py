@@ -29,7 +29,7 @@ from server.socket_protocols import BadStart, SocketProtocol
 from streams.runtime import OfferRejected
 from streams.session import Session
 from streams.stream import Stream
-from streams.telephony import BadMedia, decode_mulaw, encode_mulaw
+from streams.telephony import MAX_PAYLOAD_BYTES, BadMedia, decode_mulaw, encode_mulaw
 
 logger = logging.getLogger(__name__)
 
@@ -238,8 +238,14 @@ async def _receive_loop(websocket: WebSocket, audio: Any, rate: int) -> None:
             media = message.get("media")
             if not isinstance(media, dict):
                 raise ProtocolError("media event without a media object")
+            payload = media.get("payload")
+            sized = (
+                isinstance(payload, str) and len(payload) <= MAX_PAYLOAD_BYTES * 4 // 3 + 4
+            )  # else: refused
+            if sized and not audio.admit(len(payload) * 3 / 4 / rate):
+                continue  # faster than real time: dropped before decoding (1 byte a sample)
             try:
-                samples = decode_mulaw(media.get("payload"))
+                samples = decode_mulaw(payload)
             except BadMedia as exc:
                 raise ProtocolError(str(exc)) from exc
             await audio.receive(rate, samples)

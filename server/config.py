@@ -77,9 +77,17 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     max_sessions: int | None = Field(None, ge=1, description="all streams and transports together")
     max_pending_offers: int = Field(32, ge=1, description="answered offers whose peer has not connected")
+    max_pending_offers_per_client: int = Field(
+        4, ge=1, description="of those, from one client address (one address cannot squat every slot)"
+    )
     pending_offer_timeout_s: float = Field(20.0, ge=2, le=300, description="then the offer is dropped")
     offer_rate_per_minute: float = Field(30.0, gt=0, description="new sessions per client address")
     offer_rate_burst: int = Field(10, ge=1)
+    forwarded_allow_ips: str | None = Field(
+        None,
+        description="comma-separated proxy addresses whose X-Forwarded-For is believed (rate limits per "
+        "real client); unset: none, so no client can pick its own rate-limit key",
+    )
     shutdown_grace_s: float = Field(5.0, ge=0, le=120, description="SIGTERM: time to tell clients and close")
 
     # --- access ---
@@ -88,7 +96,12 @@ class Settings(BaseSettings):
         pattern=r"^[a-z0-9-]{1,32}$",
         description="names this process in the session ids it issues (a proxy routes by it)",
     )
-    auth_token: str | None = Field(None, min_length=8, description="when set, every session route needs it")
+    auth_token: str | None = Field(
+        None,
+        min_length=24,
+        description="when set, every session route needs it; 24 characters at least, e.g. "
+        "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`",
+    )
     session_token_ttl_s: float = Field(3600.0, ge=30, le=86_400)
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated browser origins; empty: any"
@@ -98,6 +111,11 @@ class Settings(BaseSettings):
     video_default_filter: str = "none"
     video_default_detect: bool = False
     video_default_conf_threshold: float = Field(0.35, ge=0.0, le=1.0)
+    video_max_pixels: int = Field(
+        1920 * 1080,
+        ge=64 * 64,
+        description="incoming frames above this many pixels are downscaled before any handler",
+    )
     video_report_hz: float = Field(5.0, gt=0, le=30)
     video_min_bitrate_kbps: int = Field(
         500, ge=30, le=20_000, description="Chrome's sending floor (answer SDP)"

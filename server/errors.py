@@ -23,6 +23,8 @@ STATUS_BY_CODE = {
     "invalid_offer": 400,
     "invalid_candidate_format": 400,
     "too_many_candidates": 429,
+    "too_many_listeners": 429,
+    "too_many_pending_offers_from_client": 429,
     "unsupported_transport": 400,
     "unknown_connection": 404,
     "connection_already_exists": 409,

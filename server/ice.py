@@ -132,6 +132,16 @@ class IceConfig:
             self.refresh_provider()
         return self._provider_cache[1] if self._provider_cache else []
 
+    @property
+    def hands_out_credentials(self) -> bool:
+        """TURN (or a provider's) credentials go to browsers: a relay is worth stealing."""
+        s = self.settings
+        return (
+            bool(s.turn_urls and (s.turn_username or s.turn_shared_secret))
+            or s.turn_provider != "none"
+            or any(server.credential for server in s.ice_servers)
+        )
+
     def client_configuration(self) -> dict[str, Any]:
         """For one browser, now: REST credentials are minted per call."""
         servers = [s.model_dump(exclude_none=True) for s in self.settings.ice_servers]

@@ -7,8 +7,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from aiortc.sdp import SessionDescription
-from fastapi import Depends
+from fastapi import Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import HTTPConnection
 
 from server.bitrate import apply_bitrate_bounds
 from server.errors import Refusal
@@ -33,10 +34,18 @@ class OfferBody(BaseModel):
     candidate: dict[str, Any] | None = None
 
 
+def client_key(conn: HTTPConnection) -> str:
+    """The caller's address: the key of per-client limits (a proxy's client with FORWARDED_ALLOW_IPS)."""
+    return conn.client.host if conn.client else "unknown"
+
+
 def check_offer_sdp(sdp: str | None, modality: str, mode: str) -> str | None:
     """A reason to refuse this SDP, or None. aiortc would raise (stock: HTTP 500) on most of these."""
     if not sdp or not sdp.strip():
         return "the offer has no SDP"
+    sections = sdp.count("\nm=") + sdp.startswith("m=")
+    if sections > MAX_MEDIA_SECTIONS:  # counted before parsing: 539 sections blocked the loop for 2 s
+        return f"the SDP has {sections} media sections; at most {MAX_MEDIA_SECTIONS} are accepted"
     try:
         parsed = SessionDescription.parse(sdp)
     except Exception as exc:  # aiortc's parser raises assorted errors on junk
@@ -76,7 +85,7 @@ def make_offer_route(
 
     admitted = Depends(admission)
 
-    async def offer(body: OfferBody = admitted) -> Any:
+    async def offer(request: Request, body: OfferBody = admitted) -> Any:
         if body.type == "ice-candidate":
             return await candidate(body)
         try:
@@ -84,7 +93,7 @@ def make_offer_route(
             if problem:
                 logger.info("session %s: %s offer refused: %s", body.webrtc_id, name, problem)
                 raise Refusal(400, "invalid_sdp", problem)
-            answer = await stream.offer(body.webrtc_id, str(body.sdp))
+            answer = await stream.offer(body.webrtc_id, str(body.sdp), client=client_key(request))
         except OfferRejected as exc:
             count_outcome(exc.code)
             if exc.code.endswith(("_limit_reached", "pending_offers")):

@@ -152,6 +152,10 @@ OFFER = (
     _media("concurrency_limit_reached", "the stream is full"),
     _media("server_limit_reached", "the server is at MAX_SESSIONS"),
     _media("too_many_pending_offers", "MAX_PENDING_OFFERS answered offers have not connected yet"),
+    _media(
+        "too_many_pending_offers_from_client",
+        "this address has MAX_PENDING_OFFERS_PER_CLIENT answered offers that have not connected yet",
+    ),
     _media("shutting_down", "the server is draining"),
     _media("session_failed", "the handler could not start the session"),
 )
@@ -159,7 +163,10 @@ INPUT = (
     _media("unknown_connection", "no live session with this webrtc_id on this stream"),
     Code(422, "invalid_input", "a value out of range, not among the choices, or not an input of this stream"),
 )
-OUTPUTS = (_media("unknown_connection", "no live session with this webrtc_id on this stream"),)
+OUTPUTS = (
+    _media("unknown_connection", "no live session with this webrtc_id on this stream"),
+    _media("too_many_listeners", "the session's outputs already have their most listeners (4)"),
+)
 READY = (
     Code(503, "shutting_down", "the server is draining"),
     Code(503, "loading", "a model is still loading"),
@@ -182,6 +189,12 @@ REFUSALS_BY_CALLABLE: dict[str, tuple[Code, ...]] = {
     "server.routes:mount_stream.<locals>.set_input": INPUT,
     "server.routes:mount_stream.<locals>.outputs": OUTPUTS,
     "server.app:serve_streams.<locals>.readyz": READY,
+    "server.app:serve_streams.<locals>.issue_rate": RATE,
+    "server.app:serve_streams.<locals>.rtc_config": (
+        Code(
+            403, "session_required", "TURN credentials are configured and the webrtc_id was not issued here"
+        ),
+    ),
     "server.phone:make_incoming_call_route.<locals>.incoming_call": PHONE,
 }
 

@@ -17,7 +17,7 @@ from server.access import PHONE_SUBJECT, Access, Denied, credential_of
 from server.audio_ws import Gate, serve_audio_websocket
 from server.errors import Refusal
 from server.limits import RateLimiter
-from server.offers import SESSION_ID_PATTERN, OfferBody, make_offer_route
+from server.offers import SESSION_ID_PATTERN, OfferBody, client_key, make_offer_route
 from server.phone import make_incoming_call_route
 from server.socket_protocols import FastrtcSocket, TwilioSocket
 from streams.stream import Stream
@@ -37,10 +37,6 @@ class InputBody(BaseModel):
 
 def refuse(denied: Denied) -> Refusal:
     return Refusal(denied.status, denied.code, denied.message, retry_after_s=denied.retry_after_s)
-
-
-def client_key(conn: HTTPConnection) -> str:
-    return conn.client.host if conn.client else "unknown"
 
 
 class SessionGuard:
@@ -281,6 +277,13 @@ def _mount_audio_transports(
 
     @router.websocket("/websocket/offer")
     async def websocket_offer(websocket: WebSocket) -> None:
+        # Refused before the handshake completes when tokens are on and none came with it: an
+        # unauthenticated socket costs nothing (issue 13: 20 open ones held 550 MB).
+        access = guard.access
+        if access.required and credential_of(websocket.headers, websocket.query_params) is None:
+            guard.count_refusal(name, "websocket", "unauthorized")
+            await websocket.close(code=1008, reason="unauthorized: send ?token= or Authorization: Bearer")
+            return
         await serve_audio_websocket(websocket, stream, FastrtcSocket(), websocket_gate(websocket))
 
     @router.websocket("/telephone/handler")

@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -103,7 +104,10 @@ class EspeakTTS:
     def synthesize(self, text: str) -> np.ndarray:
         import soundfile as sf
 
-        wav = subprocess.run(["espeak-ng", "--stdout", text], check=True, capture_output=True).stdout
+        # the text goes in on stdin: an argument starting with "-" would be read as an option
+        wav = subprocess.run(
+            ["espeak-ng", "--stdout"], input=text.encode(), check=True, capture_output=True
+        ).stdout
         audio, rate = sf.read(io.BytesIO(wav), dtype="float32")
         return resample(audio, rate, OUTPUT_RATE)
 
@@ -180,10 +184,16 @@ class AssistantResponder:
 
     def __init__(self, stt: SpeechToText, text: TextResponder, tts: TextToSpeech) -> None:
         self.stt, self.text, self.tts = stt, text, tts
+        # Its own threads: in asyncio's default pool, STT and TTS starved aiortc's video encoders
+        # (another session fell from 15 to 1 fps during an assistant-mode flood, issue 13).
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="assistant")
+
+    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def reply(self, turn: TurnEnded, session: Any) -> AsyncIterator[np.ndarray]:
         t0 = time.perf_counter()
-        heard = await asyncio.to_thread(self.stt.transcribe, turn.audio)
+        heard = await self._off_loop(self.stt.transcribe, turn.audio)
         session.publish_text("transcript", heard)
         stt_ms = (time.perf_counter() - t0) * 1000
         history: list[dict[str, str]] = session.history
@@ -191,7 +201,7 @@ class AssistantResponder:
         async for sentence in self.text.sentences(heard, history):
             session.publish_text("reply", sentence)
             spoken.append(sentence)
-            yield await asyncio.to_thread(self.tts.synthesize, sentence)
+            yield await self._off_loop(self.tts.synthesize, sentence)
         history += [{"role": "user", "content": heard}, {"role": "assistant", "content": " ".join(spoken)}]
         del history[:-MAX_HISTORY]
         logger.info("session %s: heard %r in %.0f ms; replied %d sentences", session.session_id, heard, stt_ms,

@@ -36,6 +36,7 @@ from streams.runtime import (
 from streams.vad import resample
 
 MAX_UNPLAYED_MARKS = 256
+MAX_AUDIO_AHEAD_S = 1.0  # network bursts; a client never needs to be further ahead
 MARK_ECHO_TIMEOUT_S = 2.0
 
 if TYPE_CHECKING:
@@ -120,6 +121,18 @@ def _close_handler(handler: Any) -> None:
             return
 
 
+def within_limit(frame: av.VideoFrame, max_pixels: int | None) -> av.VideoFrame:
+    """`frame`, downscaled (same aspect, even sides) when it has more than `max_pixels`: one 8K
+    sender must not cost every handler 30 MB frames (issue 13: 537 ms a frame, 2.36 GB peak)."""
+    if max_pixels is None or frame.width * frame.height <= max_pixels:
+        return frame
+    scale = math.sqrt(max_pixels / (frame.width * frame.height))
+    width, height = max(2, int(frame.width * scale) // 2 * 2), max(2, int(frame.height * scale) // 2 * 2)
+    resized = frame.reformat(width=width, height=height)
+    resized.pts, resized.time_base = frame.pts, frame.time_base
+    return resized
+
+
 class VideoProcessMedia:
     """Send-receive (and send) video: one incoming frame -> the handler -> one outgoing frame."""
 
@@ -167,6 +180,7 @@ class VideoProcessMedia:
     def process(self, frame: av.VideoFrame) -> av.VideoFrame | None:
         """In the session's worker thread."""
         try:
+            frame = within_limit(frame, self.session.stream.max_frame_pixels)
             image = frame if self.spec.frame_format == "av" else frame.to_ndarray(format="bgr24")
             out, extra = adapter.split_output(self.fn(image, *self.args))
         except Exception as exc:
@@ -304,6 +318,8 @@ class AudioHandlerMedia:
         self.report_error = _ErrorReporter(session, "the handler")
         self.out_track: PacedAudioTrack | None = None
         self.on_interrupt: Callable[[], None] | None = None  # a transport's own "clear" (phone)
+        self._credit_s, self._credit_at = MAX_AUDIO_AHEAD_S, time.monotonic()  # see `admit`
+        self.dropped_s = 0.0
         self._unplayed: dict[str, float] = {}  # playback marks sent, not yet echoed: when sent
         self.played_s = 0.0  # seconds of output the client has confirmed playing (Twilio marks)
         self._resampler: av.AudioResampler | None = None
@@ -356,6 +372,8 @@ class AudioHandlerMedia:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            if not self.admit(frame.samples / frame.sample_rate):
+                continue
             if self._resampler is None:
                 self._resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
             for out in self._resampler.resample(frame):
@@ -380,6 +398,25 @@ class AudioHandlerMedia:
             self.out_track.clear()
         if self.on_interrupt is not None:
             self.on_interrupt()
+
+    # ---- input pacing ----
+    def admit(self, seconds: float) -> bool:
+        """Audio may arrive at most `MAX_AUDIO_AHEAD_S` ahead of real time; what comes faster is
+        dropped before it is decoded or reaches the VAD (a 166x real-time flood took the event loop,
+        and a peer nobody read grew memory without bound, issue 13)."""
+        now = time.monotonic()
+        self._credit_s = min(MAX_AUDIO_AHEAD_S, self._credit_s + now - self._credit_at)
+        self._credit_at = now
+        if seconds <= self._credit_s:
+            self._credit_s -= seconds
+            return True
+        if self.dropped_s == 0:
+            logger.warning(
+                "session %s: audio arrives faster than real time; the excess is dropped", self.session.id
+            )
+        self.dropped_s += seconds
+        self.session.stream.observer.frame_dropped()
+        return False
 
     # ---- playback marks (Twilio) ----
     def awaiting_playback(self, mark: str) -> None:
@@ -488,6 +525,7 @@ class AudioVideoMedia(AudioHandlerMedia):
 
     def _video_receive(self, frame: av.VideoFrame) -> None:
         try:
+            frame = within_limit(frame, self.session.stream.max_frame_pixels)
             result = self.handler.video_receive(frame.to_ndarray(format="bgr24"))
             if inspect.isawaitable(result):
                 asyncio.run_coroutine_threadsafe(result, self.handler.loop).result(5)

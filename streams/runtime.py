@@ -56,6 +56,9 @@ REFUSALS = {
     "unknown_connection": "no session with this webrtc_id",
     "connection_closed": "the session is closed",
     "invalid_candidate_format": "the ICE candidate is malformed",
+    "too_many_listeners": "this session's outputs already have as many listeners as allowed",
+    "too_many_pending_offers_from_client": "this address has too many connections still being set up; "
+    "finish or close them first",
 }
 
 
@@ -75,9 +78,15 @@ class SessionBudget:
     """Limits shared by every stream of one server: total sessions on all transports, offers that
     have not connected yet, and a drain switch for shutdown. Streams without a budget get their own."""
 
-    def __init__(self, max_sessions: int | None = None, max_pending: int | None = None) -> None:
+    def __init__(
+        self,
+        max_sessions: int | None = None,
+        max_pending: int | None = None,
+        max_pending_per_client: int | None = None,
+    ) -> None:
         self.max_sessions = max_sessions
         self.max_pending = max_pending
+        self.max_pending_per_client = max_pending_per_client
         self.streams: list[Stream] = []
         self.draining = False
 
@@ -89,14 +98,26 @@ class SessionBudget:
     def pending_offers(self) -> int:
         return sum(s.pending_offers for s in self.streams)
 
-    def check(self, *, webrtc: bool) -> None:
-        """Raise `OfferRejected` when the server as a whole cannot take one more session."""
+    def pending_from(self, client: str) -> int:
+        return sum(1 for s in self.streams for x in s.sessions.values() if x.pending and x.client == client)
+
+    def check(self, *, webrtc: bool, client: str | None = None) -> None:
+        """Raise `OfferRejected` when the server as a whole cannot take one more session, or this
+        client already has its share of offers that never connected (slot squatting, issue 13)."""
         if self.draining:
             raise OfferRejected("shutting_down")
         if self.max_sessions is not None and self.active_sessions >= self.max_sessions:
             raise OfferRejected("server_limit_reached", limit=self.max_sessions)
         if webrtc and self.max_pending is not None and self.pending_offers >= self.max_pending:
             raise OfferRejected("too_many_pending_offers", limit=self.max_pending)
+        per_client = self.max_pending_per_client
+        if (
+            webrtc
+            and client is not None
+            and per_client is not None
+            and self.pending_from(client) >= per_client
+        ):
+            raise OfferRejected("too_many_pending_offers_from_client", limit=per_client)
 
 
 class ReportChannel:
@@ -106,9 +127,10 @@ class ReportChannel:
     nobody reads it; a 30 fps handler reporting per frame would leak memory.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, backlog: int = 16) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, backlog: int = 16, max_listeners: int = 4) -> None:
         self._loop = loop
         self._backlog = backlog
+        self.max_listeners = max_listeners  # a page and a dashboard or two; not 400 (issue 13)
         self._listeners: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self.last: dict[str, Any] | None = None
         self.closed = False
@@ -135,13 +157,19 @@ class ReportChannel:
             self.closed = True
             self._loop.call_soon_threadsafe(self._deliver, None)
 
-    async def listen(self) -> AsyncIterator[dict[str, Any]]:
-        """Yields reports until the session ends."""
+    def listen(self) -> AsyncIterator[dict[str, Any]]:
+        """Reports until the session ends. The listener counts from this call (not from the first
+        read), so concurrent requests cannot all pass the `max_listeners` check."""
+        if len(self._listeners) >= self.max_listeners:
+            raise OfferRejected("too_many_listeners", limit=self.max_listeners)
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(self._backlog)
         self._listeners.add(queue)
+        if self.last is not None:
+            queue.put_nowait(self.last)
+        return self._read(queue)
+
+    async def _read(self, queue: asyncio.Queue[dict[str, Any] | None]) -> AsyncIterator[dict[str, Any]]:
         try:
-            if self.last is not None:
-                queue.put_nowait(self.last)
             while not self.closed or not queue.empty():
                 item = await queue.get()
                 if item is None:

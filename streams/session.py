@@ -90,6 +90,7 @@ class Session:
         self.hangup: Hangup | None = None
         self.tracks: list[MediaStreamTrack] = []
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.client: str | None = None  # who offered it (an address), for per-client limits
         self.early_candidates: list[Any] = []  # RTCIceCandidates posted while the offer is answered
         self.connected = transport != "webrtc"
         self.ended = False

@@ -122,6 +122,7 @@ class Stream:
         self.time_limit = time_limit
         self.rtc_configuration = rtc_configuration
         self.rtc_configuration_source: RtcConfigSource | None = server_rtc_configuration
+        self.max_frame_pixels: int | None = None  # larger incoming video is downscaled first (server sets it)
         self.additional_inputs = list(additional_inputs or [])
         self.additional_outputs = list(additional_outputs or [])
         self.additional_outputs_handler = additional_outputs_handler
@@ -240,19 +241,20 @@ class Stream:
             counts[session.transport] = counts.get(session.transport, 0) + 1
         return counts
 
-    def _admit(self, session_id: str, transport: str) -> Session:
+    def _admit(self, session_id: str, transport: str, client: str | None = None) -> Session:
         """Check room and register the session at once (no await in between: a duplicate or a
         concurrent offer can never slip past the limits)."""
         try:
             if session_id in self.sessions:
                 raise OfferRejected("connection_already_exists")
-            self.budget.check(webrtc=transport == "webrtc")
+            self.budget.check(webrtc=transport == "webrtc", client=client)
             if self.concurrency_limit is not None and self.active_sessions >= self.concurrency_limit:
                 raise OfferRejected("concurrency_limit_reached", limit=self.concurrency_limit)
         except OfferRejected as exc:
             self.observer.session_refused(transport, exc.code)
             raise
         session = Session(self, session_id, transport)
+        session.client = client
         self.sessions[session_id] = session
         return session
 
@@ -280,9 +282,10 @@ class Stream:
             session.set_timer("time_limit", self.time_limit, "time_limit_reached")
 
     # ---- WebRTC ----
-    async def offer(self, session_id: str, sdp: str) -> dict[str, str]:
-        """Answer an offer: the session exists from here until `end`, whatever fails."""
-        session = self._admit(session_id, "webrtc")
+    async def offer(self, session_id: str, sdp: str, client: str | None = None) -> dict[str, str]:
+        """Answer an offer: the session exists from here until `end`, whatever fails. `client`
+        (the caller's address) counts its offers that have not connected yet."""
+        session = self._admit(session_id, "webrtc", client)
         try:
             config = to_aiortc_configuration(self.rtc_configuration_source or {"iceServers": []})
             media = self._new_media(session)

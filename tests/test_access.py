@@ -17,7 +17,7 @@ from tests.rtc_client import VideoClient, issue_session
 from tests.server_process import ServerProcess
 from tests.ws_client import AudioSocketClient
 
-TOKEN = "test-access-token-1"
+TOKEN = "test-access-token-1-long-enough"
 GOOD_ORIGIN = "https://good.example"
 
 
@@ -74,10 +74,18 @@ def test_public_routes_stay_open(auth_server, path):
     assert httpx.get(auth_server.base_url + path).status_code == 200
 
 
-@pytest.mark.parametrize("phone", [False, True], ids=["websocket", "phone"])
-async def test_websockets_refuse_without_a_token(auth_server, phone):
-    path = "/chat/telephone/handler" if phone else "/chat/websocket/offer"
-    async with AudioSocketClient(auth_server.base_url.replace("http", "ws") + path, phone=phone) as client:
+async def test_a_websocket_without_a_token_is_refused_before_the_handshake(auth_server):
+    url = auth_server.base_url.replace("http", "ws") + "/chat/websocket/offer"
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(url):
+            pass
+    assert refused.value.response.status_code == 403
+
+
+async def test_a_phone_call_without_a_token_is_refused_at_start(auth_server):
+    """Twilio sends the TwiML's token in `start`, after the handshake: refused there, by the close."""
+    url = auth_server.base_url.replace("http", "ws") + "/chat/telephone/handler"
+    async with AudioSocketClient(url, phone=True) as client:
         await client.start()
         code = await client.closed()
     assert code == 1008

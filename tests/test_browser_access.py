@@ -10,7 +10,7 @@ import pytest
 from tests.server_process import ServerProcess
 from tests.test_browser import ARTIFACTS, COUNT_FRAMES, chromium_page, pytestmark  # noqa: F401
 
-TOKEN = "browser-access-token"
+TOKEN = "browser-access-token-long-enough"
 
 
 @pytest.fixture(scope="module")

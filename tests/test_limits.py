@@ -162,3 +162,58 @@ def test_offers_are_rate_limited_per_client_address(limits_server):
         assert refused.json()["meta"]["error"] == "rate_limited"
         assert int(refused.headers["Retry-After"]) >= 1
     assert httpx.post(url, json={**junk, "webrtc_id": "r8"}).status_code == 400  # 127.0.0.1 is unaffected
+
+
+def test_session_ids_are_rate_limited_per_client_address(limits_server):
+    """Each issued id can get TURN credentials, so ids come at the new-session rate too (issue 13)."""
+    transport = httpx.HTTPTransport(local_address="127.0.0.3")
+    with httpx.Client(transport=transport) as other_client:
+        codes = [other_client.post(f"{limits_server.base_url}/api/session").status_code for _ in range(6)]
+    assert codes == [200] * 5 + [429], codes
+    assert httpx.post(f"{limits_server.base_url}/api/session").status_code == 200  # 127.0.0.1 is unaffected
+
+
+def test_a_local_client_cannot_pick_its_rate_limit_key_with_x_forwarded_for(limits_server):
+    """Without FORWARDED_ALLOW_IPS no proxy is believed (uvicorn alone believes 127.0.0.1)."""
+    url = f"{limits_server.base_url}/video/webrtc/offer"
+    transport = httpx.HTTPTransport(local_address="127.0.0.1")
+    with httpx.Client(transport=transport) as client:
+        codes = [
+            client.post(
+                url,
+                json={"type": "offer", "sdp": "v=0", "webrtc_id": f"x{i}"},
+                headers={"X-Forwarded-For": f"10.9.8.{i}"},
+            ).status_code  # fmt: skip
+            for i in range(12)
+        ]
+    assert 429 in codes, codes
+
+
+async def test_one_address_cannot_squat_every_slot_with_offers_that_never_connect():
+    """MAX_PENDING_OFFERS_PER_CLIENT=2: a third unconnected offer from one address is refused
+    (429); another address still gets in (issue 13: one address kept /video full)."""
+    env = {"MAX_PENDING_OFFERS_PER_CLIENT": "2", "PENDING_OFFER_TIMEOUT_S": "20", "ASSISTANT_ENABLED": "false",
+           "BUILTIN_STREAMS": "generate"}  # fmt: skip
+    with ServerProcess(env=env, log_name="squat") as server:
+        pcs = []
+        try:
+            for expected in (200, 200, 429):
+                pc, resp = await unanswered_offer(server)
+                pcs.append(pc)
+                assert resp.status_code == expected, resp.text
+            assert resp.json()["meta"] == {"error": "too_many_pending_offers_from_client", "limit": 2}
+            pin_loopback()
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            pcs.append(pc)
+            pc.addTransceiver("video", direction="recvonly")
+            await pc.setLocalDescription(await pc.createOffer())
+            body = {
+                "type": "offer",
+                "webrtc_id": f"other-{time.monotonic_ns()}",
+                "sdp": pc.localDescription.sdp,
+            }
+            with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.6"), timeout=15) as other:
+                assert other.post(f"{server.base_url}/generate/webrtc/offer", json=body).status_code == 200
+        finally:
+            for pc in pcs:
+                await pc.close()

@@ -31,7 +31,7 @@ from streams.stream import Stream
 
 CHROMIUM = "/usr/bin/chromium"
 ERROR_REF = "#/components/schemas/Error"
-MASTER = "secret-token"
+MASTER = "secret-token-long-enough-for-24"
 
 
 def build_app(**settings: Any) -> FastAPI:

@@ -9,10 +9,12 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
-from aioice import TransportPolicy
+from aioice import TransportPolicy, stun
+from aioice.turn import TurnClientUdpProtocol, create_turn_endpoint
 from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy
 from aiortc.rtcicetransport import RTCIceGatherer
 
@@ -29,7 +31,7 @@ SECRET = "coturn-shared-secret"
 class Coturn:
     """A real coturn on 127.0.0.1, relaying between loopback peers, stopped by its own PID."""
 
-    def __init__(self, auth: list[str]) -> None:
+    def __init__(self, auth: list[str], config: Path | None = None) -> None:
         self.port = free_port()
         low = 49152 + (self.port % 1000) * 10
         self.log_path = ROOT / "test-artifacts" / f"coturn-{self.port}.log"
@@ -42,6 +44,9 @@ class Coturn:
             f"--pidfile={self.workdir}/turn.pid", f"--userdb={self.workdir}/turndb", "--log-file=stdout",
             *auth,
         ]  # fmt: skip
+        if config is not None:  # the shipped file, with this test's addresses and ports on top
+            self.cmd[1:1] = ["-c", str(config)]
+            self.cmd.remove("--allow-loopback-peers")
         self.url = f"turn:127.0.0.1:{self.port}?transport=udp"
 
     def __enter__(self) -> Coturn:
@@ -129,7 +134,12 @@ async def test_relay_only_with_static_credentials(static_turn):
 async def test_relay_only_with_shared_secret_credentials(secret_turn):
     server = relay_server(secret_turn, "turn-secret", turn_shared_secret=SECRET, turn_credential_ttl_s="600")
     try:
-        config = httpx.get(f"{server.base_url}/api/rtc-config").json()
+        stranger = httpx.get(f"{server.base_url}/api/rtc-config")  # no session: no relay to mint
+        assert stranger.status_code == 403 and stranger.json()["meta"]["error"] == "session_required"
+        made_up = httpx.get(f"{server.base_url}/api/rtc-config", params={"webrtc_id": "made-up-id"})
+        assert made_up.status_code == 403
+        webrtc_id, _ = await issue_session(server.base_url, None)
+        config = httpx.get(f"{server.base_url}/api/rtc-config", params={"webrtc_id": webrtc_id}).json()
         assert config["iceServers"][0]["username"].endswith(":rtserver")
         before = secret_turn.allocations()
         types = await relay_only_video_session(server)
@@ -202,3 +212,37 @@ SELECTED_PAIR_TYPE = """async (stream) => {
   stats.forEach((s) => { byId[s.id] = s; if (s.type === 'transport') pair = s.selectedCandidatePairId; });
   const local = byId[byId[pair]?.localCandidateId]; return local?.candidateType ?? 'none';
 }"""
+
+
+# Addresses a relay must never reach for a stranger: cloud metadata (link-local), carrier-grade NAT,
+# benchmarking, documentation, private, loopback, "this network"; plus one public address that must
+# stay reachable (so the check can fail).
+FORBIDDEN_PEERS = ["169.254.169.254", "100.64.0.1", "100.127.255.254", "198.18.0.1", "198.19.255.1",
+                   "192.0.2.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "127.0.0.1", "0.0.0.1",
+                   "240.0.0.1"]  # fmt: skip
+
+
+async def test_the_shipped_coturn_config_refuses_relays_to_internal_ranges():
+    """deploy/turnserver.conf as shipped (issue 13: 169.254.169.254, 100.64/10 and 198.18/15 were
+    granted): a real coturn refuses each forbidden peer with 403 and allows a public one."""
+    conf = ROOT / "deploy" / "turnserver.conf"
+    assert "no-tcp-relay" in conf.read_text().split(), "TCP relays (RFC 6062) are off"
+    with Coturn([f"--static-auth-secret={SECRET}"], config=conf) as turn:
+        username, password = turn_rest_credentials(SECRET, "audit", 600)
+        transport, protocol = await create_turn_endpoint(
+            TurnClientUdpProtocol, ("127.0.0.1", turn.port), username, password
+        )
+        try:
+            refused = {}
+            for n, peer in enumerate([*FORBIDDEN_PEERS, "8.8.8.8"]):
+                try:
+                    await protocol.channel_bind(0x4000 + n, (peer, 9))
+                    refused[peer] = None
+                except stun.TransactionFailed as exc:
+                    refused[peer] = exc.response.attributes.get("ERROR-CODE")
+        finally:
+            transport.close()
+    assert refused.pop("8.8.8.8") is None, "a public peer must stay reachable"
+    assert {peer: code[0] if code else None for peer, code in refused.items()} == dict.fromkeys(
+        FORBIDDEN_PEERS, 403
+    )

@@ -236,9 +236,20 @@ def start_failure(*streams: str) -> str:
     ids=["name-clash", "import-error", "unsupported-shape", "stock-stream", "no-attribute", "no-module", "no-attr"],
 )  # fmt: skip
 def test_a_bad_streams_option_stops_start_up_with_one_clear_line(spec, expected):
-    line = start_failure(spec)
+    """The CLI's own code path, run in this process (a process per case cost 15-26 s each, mostly
+    imports); `test_the_cli_prints_one_line_and_exits_non_zero` runs one case as a real process."""
+    from server.__main__ import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--port", "1", "--streams", spec])
+    line = str(stopped.value.code)
     assert line.startswith("error: --streams") or line.startswith("error: two streams"), line
     assert expected in line, line
+
+
+def test_the_cli_prints_one_line_and_exits_non_zero():
+    line = start_failure("tests.user_apps.bad.clash:stream")
+    assert line.startswith("error: two streams are named 'video' (a built-in stream)"), line
 
 
 def test_create_app_refuses_a_second_stream_with_the_same_name():
