@@ -44,9 +44,10 @@ class ServerProcess:
             **os.environ,
             "ICE_HOST_ADDRESSES": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
-            # every test client comes from 127.0.0.1: only the rate-limit tests keep a real limit
+            # every test client comes from 127.0.0.1: only the limit tests keep real per-client limits
             "OFFER_RATE_PER_MINUTE": "100000",
             "OFFER_RATE_BURST": "1000",
+            "MAX_PENDING_OFFERS_PER_CLIENT": "1000",
             **(env or {}),
         }
         self.log_path = ROOT / "test-artifacts" / f"{log_name}-{self.port}.log"

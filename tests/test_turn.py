@@ -4,6 +4,7 @@ fail with a clear message on the page."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import tempfile
@@ -14,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from aioice import TransportPolicy, stun
-from aioice.turn import TurnClientUdpProtocol, create_turn_endpoint
+from aioice.turn import TurnClientUdpProtocol
 from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy
 from aiortc.rtcicetransport import RTCIceGatherer
 
@@ -45,8 +46,9 @@ class Coturn:
             *auth,
         ]  # fmt: skip
         if config is not None:  # the shipped file, with this test's addresses and ports on top
-            self.cmd[1:1] = ["-c", str(config)]
+            self.cmd.remove("-n")  # "no configuration file"
             self.cmd.remove("--allow-loopback-peers")
+            self.cmd[1:1] = ["-c", str(config)]
         self.url = f"turn:127.0.0.1:{self.port}?transport=udp"
 
     def __enter__(self) -> Coturn:
@@ -229,10 +231,15 @@ async def test_the_shipped_coturn_config_refuses_relays_to_internal_ranges():
     assert "no-tcp-relay" in conf.read_text().split(), "TCP relays (RFC 6062) are off"
     with Coturn([f"--static-auth-secret={SECRET}"], config=conf) as turn:
         username, password = turn_rest_credentials(SECRET, "audit", 600)
-        transport, protocol = await create_turn_endpoint(
-            TurnClientUdpProtocol, ("127.0.0.1", turn.port), username, password
+        server = ("127.0.0.1", turn.port)
+        transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: TurnClientUdpProtocol(
+                server, username=username, password=password, lifetime=600, channel_refresh_time=500
+            ),
+            remote_addr=server,
         )
         try:
+            await protocol.connect()  # the allocation
             refused = {}
             for n, peer in enumerate([*FORBIDDEN_PEERS, "8.8.8.8"]):
                 try:
