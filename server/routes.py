@@ -25,6 +25,7 @@ from streams.stream import Stream
 logger = logging.getLogger(__name__)
 
 SSE_KEEPALIVE_S = 15.0
+CANDIDATES_PER_SESSION = 20
 
 
 class InputBody(BaseModel):
@@ -47,6 +48,11 @@ class SessionGuard:
     def __init__(self, access: Access, limiter: RateLimiter, count_refusal: Any) -> None:
         self.access = access
         self.limiter = limiter
+        # Trickled candidates: a browser posts a handful per session, so a bucket 20 times the
+        # sessions' (issue 13: 2,000 unthrottled posts)
+        self.candidate_limiter = RateLimiter(
+            limiter.rate * 60 * CANDIDATES_PER_SESSION, int(limiter.burst) * CANDIDATES_PER_SESSION
+        )
         self.count_refusal = count_refusal  # (stream, transport, reason) -> None
 
     def check(
@@ -116,6 +122,12 @@ class SessionGuard:
             except Refusal as exc:
                 count(exc.code)
                 raise
+            if body.type == "ice-candidate":  # counted as a refusal, not as an offer
+                wait = self.candidate_limiter.acquire(client_key(request))
+                if wait > 0:
+                    self.count_refusal(name, "webrtc", "rate_limited")
+                    raise Refusal(429, "rate_limited", f"too many ICE candidates from this address; retry in "
+                                  f"{max(1, round(wait))} s", retry_after_s=wait)  # fmt: skip
             return body
 
         return offer_admission
