@@ -300,10 +300,9 @@ def serve_streams(
     def issue_rate(request: Request) -> None:
         """Dependency: session ids per client address, at the new-session rate (each can get TURN
         credentials)."""
-        wait = issue_limiter.acquire(client_key(request))
-        if wait > 0:
-            raise Refusal(429, "rate_limited", f"too many new sessions from this address; retry in "
-                          f"{max(1, round(wait))} s", retry_after_s=wait)  # fmt: skip
+        denied = issue_limiter.denial(client_key(request), "new sessions")
+        if denied is not None:
+            raise refuse(denied)
 
     @app.post("/api/session", tags=["access"], dependencies=[Depends(master), Depends(issue_rate)])
     async def new_session() -> Any:

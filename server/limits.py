@@ -7,6 +7,8 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.access import Denied
+
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:
     """`receive` that first hands out `messages` (the body already read), then the real one."""
@@ -91,6 +93,14 @@ class RateLimiter:
         self.burst = float(burst)
         self.max_clients = max_clients
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last update)
+
+    def denial(self, key: str, what: str) -> Denied | None:
+        """`acquire`, as the one refusal every rate-limited route gives (429 with Retry-After)."""
+        wait = self.acquire(key)
+        if wait <= 0:
+            return None
+        message = f"too many {what} from this address; retry in {max(1, round(wait))} s"
+        return Denied(429, "rate_limited", message, retry_after_s=wait)
 
     def acquire(self, key: str) -> float:
         """0.0 if allowed (and counted), else the seconds until the next attempt may pass."""

@@ -69,14 +69,7 @@ class SessionGuard:
             credential = credential or credential_of(conn.headers, conn.query_params)
             denied = self.access.check_session(webrtc_id, credential)
         if denied is None and new_session:
-            wait = self.limiter.acquire(client_key(conn))
-            if wait > 0:
-                denied = Denied(
-                    429,
-                    "rate_limited",
-                    f"too many new sessions from this address; retry in {max(1, round(wait))} s",
-                    retry_after_s=wait,
-                )
+            denied = self.limiter.denial(client_key(conn), "new sessions")
         if denied is not None:
             self.count_refusal(stream, transport, denied.code)
             logger.warning("session %s: %s %s refused: %s", webrtc_id, stream, transport, denied.code)
@@ -123,11 +116,10 @@ class SessionGuard:
                 count(exc.code)
                 raise
             if body.type == "ice-candidate":  # counted as a refusal, not as an offer
-                wait = self.candidate_limiter.acquire(client_key(request))
-                if wait > 0:
-                    self.count_refusal(name, "webrtc", "rate_limited")
-                    raise Refusal(429, "rate_limited", f"too many ICE candidates from this address; retry in "
-                                  f"{max(1, round(wait))} s", retry_after_s=wait)  # fmt: skip
+                denied = self.candidate_limiter.denial(client_key(request), "ICE candidates")
+                if denied is not None:
+                    self.count_refusal(name, "webrtc", denied.code)
+                    raise refuse(denied)
             return body
 
         return offer_admission
