@@ -12,7 +12,8 @@ behind a proxy cannot tell whose session a request is for. Here:
   Bearer`, for servers) or the short-lived session token `/api/session` signed for that one id (for
   pages: `?token=` works where headers cannot be set, as in EventSource and WebSocket).
 - With `ALLOWED_ORIGINS` set, browsers from other origins are refused (the page's own origin is
-  always allowed).
+  always allowed); browsers that name the server by a host it does not know are refused whatever
+  the origin (DNS rebinding, `BrowserGuard`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -186,30 +188,69 @@ def credential_of(headers: Any, query: Any) -> str | None:
     return token or None
 
 
-class OriginGuard:
-    """Pure ASGI middleware: browsers from origins outside the allow-list get 403 (HTTP) or a 1008
-    close (WebSocket). Requests without an Origin header (servers, curl) are not browsers and pass."""
+def host_name(host: str) -> str:
+    """`Host` header without its port: `example.com:8000` -> `example.com`, `[::1]:80` -> `::1`."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
-    def __init__(self, app: ASGIApp, allowed: list[str]) -> None:
+
+def is_local_or_literal(name: str) -> bool:
+    """IP literals and `localhost` names cannot be rebound by someone else's DNS."""
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class BrowserGuard:
+    """Pure ASGI middleware for requests a browser makes (those with `Origin` or `Sec-Fetch-Site`);
+    servers, curl and Twilio send neither and pass.
+
+    - Origins outside `ALLOWED_ORIGINS` (when set) get 403 `origin_not_allowed` (HTTP) or a 1008 close.
+    - DNS rebinding: a page on the attacker's name, re-resolved to this server's address, is "same
+      origin" (its Origin equals the Host header), so the origin check alone lets it in. A browser
+      request must therefore name this server by a host it knows: `ALLOWED_HOSTS`, or by default the
+      hosts of `ALLOWED_ORIGINS`, IP literals and `localhost`. Others get 403 `host_not_allowed`.
+    """
+
+    def __init__(self, app: ASGIApp, allowed_origins: list[str], allowed_hosts: list[str]) -> None:
         self.app = app
-        self.allowed = {o.rstrip("/").lower() for o in allowed}
+        self.origins = {o.rstrip("/").lower() for o in allowed_origins}
+        hosts = allowed_hosts or [urlsplit(o).hostname or "" for o in self.origins]
+        self.hosts = {host_name(h) for h in hosts if h}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or not self.allowed:
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
         origin = headers.get("origin")
-        if origin is None or self._allowed(origin, headers.get("host", "")):
+        if origin is None and "sec-fetch-site" not in headers:
             await self.app(scope, receive, send)
             return
-        logger.warning("refused %s %s from origin %s", scope["type"], scope.get("path"), origin)
-        message = f"origin {origin} is not allowed (ALLOWED_ORIGINS)"
+        host = headers.get("host", "")
+        if origin is not None and not self._origin_allowed(origin, host):
+            code, message = "origin_not_allowed", f"origin {origin[:100]} is not allowed (ALLOWED_ORIGINS)"
+        elif not self._host_allowed(host_name(host)):
+            code = "host_not_allowed"
+            message = (
+                f"this server does not answer browsers by the name {host_name(host)[:100]!r}: "
+                "if that name is yours, add it to ALLOWED_HOSTS"
+            )
+        else:
+            await self.app(scope, receive, send)
+            return
+        logger.warning("refused %s %s: %s", scope["type"], scope.get("path"), code)
         if scope["type"] == "websocket":
             await receive()  # websocket.connect
-            await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+            await send({"type": "websocket.close", "code": 1008, "reason": f"{code}: {message}"[:120]})
             return
-        body = json.dumps(Denied(403, "origin_not_allowed", message).body).encode()
+        body = json.dumps(Denied(403, code, message).body).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -219,8 +260,11 @@ class OriginGuard:
         )
         await send({"type": "http.response.body", "body": body})
 
-    def _allowed(self, origin: str, host: str) -> bool:
+    def _origin_allowed(self, origin: str, host: str) -> bool:
         normalized = origin.rstrip("/").lower()
-        if normalized in self.allowed or "*" in self.allowed:
+        if not self.origins or normalized in self.origins or "*" in self.origins:
             return True
         return urlsplit(normalized).netloc == host.lower()  # the page this server serves itself
+
+    def _host_allowed(self, name: str) -> bool:
+        return "*" in self.hosts or name in self.hosts or is_local_or_literal(name)

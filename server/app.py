@@ -16,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
-from server.access import Access, OriginGuard, credential_of
+from server.access import Access, BrowserGuard, credential_of
 from server.config import REPO_ROOT, SAMPLE_CLIP, Settings
 from server.env import apply_offline_defaults
 from server.errors import Refusal, install_error_handlers
@@ -275,7 +275,9 @@ def serve_streams(
             expose_headers=["Retry-After"],
             max_age=600,
         )
-    app.add_middleware(OriginGuard, allowed=settings.allowed_origins)  # outermost: refuses the rest
+    app.add_middleware(
+        BrowserGuard, allowed_origins=settings.allowed_origins, allowed_hosts=settings.allowed_hosts
+    )  # outermost: refuses the rest
 
     install_error_handlers(app)
     for stream in served:

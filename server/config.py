@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated browser origins; empty: any"
     )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated names browsers may use for this server (DNS-rebinding guard); "
+        "empty: the hosts of ALLOWED_ORIGINS, IP addresses and localhost; * for any",
+    )
 
     # --- video stream ---
     video_default_filter: str = "none"
@@ -161,7 +166,14 @@ class Settings(BaseSettings):
     detector_use_gpu: bool = True
     detector_iou_threshold: float = Field(0.5, gt=0.0, le=1.0)
 
-    @field_validator("ice_host_addresses", "allowed_origins", "turn_urls", "builtin_streams", mode="before")
+    @field_validator(
+        "ice_host_addresses",
+        "allowed_origins",
+        "allowed_hosts",
+        "turn_urls",
+        "builtin_streams",
+        mode="before",
+    )
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):

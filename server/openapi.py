@@ -113,6 +113,11 @@ def _media(code: str, when: str) -> Code:
 
 ORIGIN = (
     Code(403, "origin_not_allowed", "a browser page from an origin outside ALLOWED_ORIGINS (when set)"),
+    Code(
+        403,
+        "host_not_allowed",
+        "a browser naming this server by a host outside ALLOWED_HOSTS (DNS rebinding)",
+    ),
 )
 BODY_LIMIT = (Code(413, "body_too_large", "the body is over MAX_BODY_BYTES"),)
 VALIDATION = (

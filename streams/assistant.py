@@ -250,8 +250,10 @@ class BackgroundLoaded:
             warm(self._value)
             logger.info("assistant ready in %.1f s", time.perf_counter() - t0)
         except Exception as exc:
-            self.error = f"its models could not be loaded ({type(exc).__name__}: {exc})"
-            logger.error("assistant unavailable: %s", self.error)
+            self.error = (
+                f"its models could not be loaded ({type(exc).__name__}; details are in the server log)"
+            )
+            logger.error("assistant unavailable: %s: %s", type(exc).__name__, exc)
         finally:
             self._ready.set()
 

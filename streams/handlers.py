@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from streams import fastrtc_adapter as adapter
+from streams import incidents
 from streams.media import outputs_report
 from streams.turns import SpeechStarted, TurnDetector, TurnDiscarded, TurnEnded, TurnSettings
 from streams.vad import SAMPLE_RATE, SileroVAD, resample, to_float_mono
@@ -176,8 +177,7 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.exception("session %s: reply failed", self.session_id)
-            message = f"the reply failed ({type(exc).__name__}: {exc})"
+            message = incidents.report(logger, self.session_id, "the reply failed", exc)
             await self.send_message(json.dumps({"type": "error", "message": message}))
             self.publish({"type": "error", "message": message})
             self._set_state("listening")

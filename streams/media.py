@@ -27,6 +27,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from streams import fastrtc_adapter as adapter
+from streams import incidents
 from streams.runtime import (
     LatestFrameTrack,
     PacedAudioTrack,
@@ -86,9 +87,10 @@ class _ErrorReporter:
         self.errors += 1
         self.session.stream.observer.handler_error()
         if self.errors == 1 or self.errors % 100 == 0:
-            logger.error("session %s: handler error #%d: %s", self.session.id, self.errors, exc, exc_info=exc)
-            message = f"{self.what} failed ({type(exc).__name__}: {exc})"
-            self.session.send_message({"type": "error", "message": message})
+            what = f"{self.what} failed (error #{self.errors})"
+            self.session.send_message(
+                {"type": "error", "message": incidents.report(logger, self.session.id, what, exc)}
+            )
 
 
 def _handle_side_output(session: Session, extra: Any) -> bool:

@@ -27,6 +27,7 @@ from aiortc import (
 from pydantic import Field
 
 from streams import fastrtc_adapter as adapter
+from streams import incidents
 from streams.candidates import MAX_PER_SESSION, EarlyCandidates, parse_candidate
 from streams.handlers import ReplyOnPause, VideoStreamHandler
 from streams.inputs import (
@@ -271,8 +272,8 @@ class Stream:
         try:
             session.media = self._media_factory(session)
         except Exception as exc:
-            logger.exception("session %s: the handler could not start", session.id)
-            raise OfferRejected("session_failed", f"the session could not start: {exc}") from exc
+            message = incidents.report(logger, session.id, "the handler could not start", exc)
+            raise OfferRejected("session_failed", message) from exc
         return session.media
 
     def _start_timers(self, session: Session) -> None:
@@ -321,8 +322,8 @@ class Stream:
             await session.end("offer_failed")
             if isinstance(exc, OfferRejected | asyncio.CancelledError):
                 raise
-            logger.exception("session %s: the session could not start", session_id)
-            raise OfferRejected("session_failed", f"the session could not start: {exc}") from exc
+            message = incidents.report(logger, session_id, "the session could not start", exc)
+            raise OfferRejected("session_failed", message) from exc
         logger.info("session %s: %s offer accepted (%d active)", session_id, self.name, self.active_sessions)
         return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
 

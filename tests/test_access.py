@@ -175,6 +175,46 @@ async def test_websocket_from_another_origin_is_closed(auth_server):
     assert refused.value.response.status_code == 403
 
 
+def rebinding_headers(server: ServerProcess, name: str = "rebind.attacker.test") -> dict[str, str]:
+    """What a page on the attacker's name sends once that name resolves to this server: its own
+    origin, and the name in the Host header."""
+    port = server.base_url.rsplit(":", 1)[1]
+    return {"Host": f"{name}:{port}", "Origin": f"http://{name}:{port}", "Sec-Fetch-Site": "same-origin"}
+
+
+def test_a_dns_rebinding_page_is_refused_by_its_host_name(auth_server, server):
+    for proc, creds in ((auth_server, bearer(TOKEN)), (server, {})):  # with ALLOWED_ORIGINS and without
+        resp = httpx.post(f"{proc.base_url}/api/session", headers={**rebinding_headers(proc), **creds})
+        assert resp.status_code == 403, resp.text
+        assert (
+            resp.json()["meta"]["error"] == "host_not_allowed" and "ALLOWED_HOSTS" in resp.json()["message"]
+        )
+        page = httpx.get(f"{proc.base_url}/", headers={**rebinding_headers(proc), "Sec-Fetch-Site": "none"})
+        assert page.status_code == 403, "even the page: a navigation carries Sec-Fetch-Site"
+    port = server.base_url.rsplit(":", 1)[1]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}"):  # names no one else's DNS can rebind
+        own = {"Host": host, "Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}
+        assert httpx.post(f"{server.base_url}/api/session", headers=own).status_code == 200, host
+    good = rebinding_headers(auth_server, "good.example") | {"Origin": GOOD_ORIGIN}
+    resp = httpx.post(f"{auth_server.base_url}/api/session", headers={**good, **bearer(TOKEN)})
+    assert resp.status_code == 200, "the hosts of ALLOWED_ORIGINS are known names"
+    assert (
+        httpx.post(f"{server.base_url}/api/session", headers={"Host": "rebind.attacker.test"}).status_code
+        == 200
+    ), "servers and curl send neither Origin nor Sec-Fetch-Site: not browsers, not checked"
+
+
+async def test_a_dns_rebinding_page_cannot_open_a_websocket(server):
+    url = server.base_url.replace("http", "ws") + "/chat/websocket/offer"
+    headers = rebinding_headers(server)
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(
+            url, origin=headers["Origin"], additional_headers={"Host": headers["Host"]}
+        ):  # type: ignore[arg-type]
+            pass
+    assert refused.value.response.status_code == 403
+
+
 async def test_websocket_and_phone_work_with_tokens(auth_server):
     base = auth_server.base_url
     webrtc_id, session_token = await issue_session(base, TOKEN)

@@ -178,6 +178,8 @@ def test_refusals_with_every_check_on_are_documented(strict, doc):
                                              headers={"Authorization": "Bearer 123.not-for-this"}), 403, "forbidden"),
         ("GET", "/healthz", strict.get("/healthz", headers={"Origin": "http://elsewhere.test"}), 403,
          "origin_not_allowed"),
+        ("GET", "/healthz", strict.get("/healthz", headers={"Origin": "http://testserver"}), 403,
+         "host_not_allowed"),  # its own origin, by a name outside ALLOWED_HOSTS: DNS rebinding
         ("POST", "/chat/telephone/incoming", strict.post("/chat/telephone/incoming", data={"CallSid": "CA1"},
                                                          headers={"X-Twilio-Signature": "wrong"}), 403, "bad_signature"),
         ("POST", "/video/webrtc/offer", strict.post("/video/webrtc/offer", json=offer, headers=master), 400,

@@ -27,7 +27,7 @@ def every(frame: np.ndarray):
 
 def fragile(frame: np.ndarray, fail: bool = False) -> np.ndarray:
     if fail:
-        raise RuntimeError("the user's handler broke")
+        raise RuntimeError("upstream http://10.0.0.7/v1 answered 401 for key sk-internal-1234")
     return frame[::-1].copy()
 
 
