@@ -17,7 +17,7 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
 from server.access import Access, BrowserGuard, credential_of
-from server.config import REPO_ROOT, SAMPLE_CLIP, Settings
+from server.config import REPO_ROOT, Settings
 from server.env import apply_offline_defaults
 from server.errors import Refusal, install_error_handlers
 from server.ice import IceConfig, pin_host_addresses, set_dead_peer_timeout
@@ -136,12 +136,12 @@ def _build_video(
 
 def _build_generate(settings: Settings, ice: IceConfig) -> Stream:
     """/generate: server-made video at a live fps."""
-    from streams.generation import create_generate_stream, ensure_sample_clip
+    from streams.generation import create_generate_stream, private_sample_clip
 
     return create_generate_stream(
         default_fps=settings.generate_default_fps,
         default_source=settings.generate_default_source,
-        video_path=settings.generate_video_path or ensure_sample_clip(SAMPLE_CLIP),
+        video_path=settings.generate_video_path or private_sample_clip(),
         pattern_fps=settings.generate_pattern_fps,
         concurrency_limit=settings.generate_concurrency_limit,
         time_limit=settings.generate_time_limit_s,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -12,7 +11,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "models" / "nanodet-g-416.onnx"
-SAMPLE_CLIP = Path(tempfile.gettempdir()) / "rtserver" / "sample-clip.avi"
 
 
 class IceServer(BaseModel):

@@ -5,7 +5,10 @@ Sources share one interface (`FrameSource`); the pacing lives in `streams.runtim
 
 from __future__ import annotations
 
+import atexit
 import logging
+import shutil
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -146,11 +149,17 @@ def render_sample_clip(
     return path
 
 
-def ensure_sample_clip(path: Path) -> Path:
-    if not path.is_file():
-        t0 = time.perf_counter()
-        render_sample_clip(path)
-        logger.info("rendered sample clip %s in %.2f s", path, time.perf_counter() - t0)
+def private_sample_clip() -> Path:
+    """Render the sample clip into a new private folder (mode 0700, removed at exit).
+
+    A fixed path in the shared temporary directory could be created first by another local user
+    (a symlink, or a crafted file that this server would then decode), so every process renders its
+    own copy (about 0.2 s) where no one else can write."""
+    folder = Path(tempfile.mkdtemp(prefix="rtserver-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    t0 = time.perf_counter()
+    path = render_sample_clip(folder / "sample-clip.avi")
+    logger.info("rendered sample clip %s in %.2f s", path, time.perf_counter() - t0)
     return path
 
 

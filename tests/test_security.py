@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -294,3 +296,18 @@ async def test_an_sdp_with_hundreds_of_media_sections_is_refused_at_once(server)
         took = time.monotonic() - t0
     assert resp.status_code == 400 and "601 media sections" in resp.json()["message"], resp.text[:300]
     assert took < 0.05, f"{took * 1000:.0f} ms"
+
+
+def test_the_sample_clip_is_rendered_where_no_other_user_can_write_and_removed_at_exit():
+    """A fixed path in the shared temporary directory could be planted by another local user."""
+    from streams.generation import private_sample_clip
+
+    here = [private_sample_clip() for _ in range(2)]
+    assert here[0].parent != here[1].parent, "a new, unpredictable folder each time"
+    for path in here:
+        info = path.parent.stat()
+        assert (info.st_mode & 0o777, info.st_uid) == (0o700, os.getuid()), path
+    code = "from streams.generation import private_sample_clip as c; print(c())"
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert not Path(run.stdout.strip()).parent.exists(), "removed when the process exits"
