@@ -181,6 +181,7 @@ PHONE = (
         403, "phone_disabled", "AUTH_TOKEN is set but TWILIO_AUTH_TOKEN is not: nobody could sign the webhook"
     ),
     Code(403, "bad_signature", "TWILIO_AUTH_TOKEN is set and X-Twilio-Signature does not match"),
+    Code(409, "call_already_answered", "a signed webhook posted again for a call already answered (replay)"),
 )
 
 # What each endpoint and dependency raises, by `module:qualname` (they are closures, made per stream).

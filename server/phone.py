@@ -3,12 +3,16 @@
 Stock fastrtc always answers `wss://HOST/...` (drops the port, forces TLS) and never checks the
 request came from Twilio. Here the stream URL keeps the scheme, host and port the caller used
 (behind a proxy, run uvicorn with `--proxy-headers` so they are the public ones), and when
-`TWILIO_AUTH_TOKEN` is set the `X-Twilio-Signature` header is validated.
+`TWILIO_AUTH_TOKEN` is set the `X-Twilio-Signature` header is validated and each call is answered
+once: the signature covers no time, so a captured webhook would otherwise mint a stream token
+every time it is posted again.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +31,25 @@ def stream_url(request: Request, handler_path: str) -> str:
     return f"{scheme}://{request.url.netloc}{handler_path}"
 
 
+class AnsweredCalls:
+    """The `CallSid`s this process answered, remembered for `ttl_s` (bounded: oldest forgotten)."""
+
+    def __init__(self, ttl_s: float = 86_400.0, capacity: int = 100_000) -> None:
+        self.ttl_s, self.capacity = ttl_s, capacity
+        self._answered: OrderedDict[str, float] = OrderedDict()
+
+    def first_time(self, call_sid: str) -> bool:
+        now = time.monotonic()
+        while self._answered and (
+            len(self._answered) >= self.capacity or next(iter(self._answered.values())) < now - self.ttl_s
+        ):
+            self._answered.popitem(last=False)
+        if call_sid in self._answered:
+            return False
+        self._answered[call_sid] = now
+        return True
+
+
 def make_incoming_call_route(
     handler_path: str, auth_token: str | None, stream_token: Callable[[], str] | None = None
 ):  # noqa: ANN201 - FastAPI endpoint
@@ -34,6 +57,7 @@ def make_incoming_call_route(
     Handing one out to any caller would open the door AUTH_TOKEN closes, so then calls need
     TWILIO_AUTH_TOKEN: only Twilio can sign the webhook."""
     validator = RequestValidator(auth_token) if auth_token else None
+    answered = AnsweredCalls()
 
     async def incoming_call(request: Request) -> Any:
         if stream_token is not None and validator is None:
@@ -46,6 +70,10 @@ def make_incoming_call_route(
             if not validator.validate(str(request.url), form, signature):
                 logger.warning("phone webhook refused: bad X-Twilio-Signature from %s", request.client)
                 raise Refusal(403, "bad_signature", "X-Twilio-Signature does not match this request")
+            call_sid = str(form.get("CallSid", ""))
+            if not answered.first_time(call_sid):
+                logger.warning("phone webhook refused: call %s was answered before (replay)", call_sid[:64])
+                raise Refusal(409, "call_already_answered", "this call's webhook was answered before")
         response = VoiceResponse()
         connect = Connect()
         stream = connect.stream(url=stream_url(request, handler_path))

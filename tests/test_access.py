@@ -230,6 +230,10 @@ async def test_websocket_and_phone_work_with_tokens(auth_server):
     twiml = httpx.post(webhook, data=form, headers={"X-Twilio-Signature": signature}).text
     token = re.search(r'<Parameter name="token" value="([^"]+)"', twiml)
     assert token, twiml
+    replay = httpx.post(webhook, data=form, headers={"X-Twilio-Signature": signature})
+    assert replay.status_code == 409 and replay.json()["meta"]["error"] == "call_already_answered", (
+        "a captured signed webhook mints no second stream token"
+    )
     phone_url = f"{base.replace('http', 'ws')}/chat/telephone/handler"
     async with AudioSocketClient(phone_url, phone=True, start_parameters={"token": token[1]}) as call:
         await call.start()
