@@ -27,6 +27,7 @@ from server.openapi import install_api_docs
 from server.routes import SessionGuard, client_key, mount_route_hints, mount_stream, refuse
 from server.shutdown import Drain
 from server.user_streams import check_names
+from streams.candidates import PeerPolicy
 from streams.runtime import SessionBudget
 from streams.stream import Stream
 
@@ -223,6 +224,8 @@ def serve_streams(
             stream.rtc_configuration_source = ice.server_configuration
         if stream.max_frame_pixels is None:
             stream.max_frame_pixels = settings.video_max_pixels
+        if settings.ice_denied_peers is not None:
+            stream.peer_policy = PeerPolicy(settings.ice_denied_peers)
 
     async def close_all_sessions() -> None:
         await asyncio.gather(*(s.close_all("server_shutdown") for s in budget.streams))

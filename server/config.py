@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -59,6 +60,12 @@ class Settings(BaseSettings):
         "all", description="relay: browsers and the server use TURN only"
     )
 
+    ice_denied_peers: str | None = Field(
+        None,
+        description="comma-separated CIDR ranges whose remote candidates get no connectivity checks; "
+        "unset: link-local, multicast, reserved (streams.candidates.DEFAULT_DENIED_PEERS); "
+        "loopback candidates are checked only for clients on loopback",
+    )
     ice_dead_peer_timeout_s: float = Field(
         30.0, ge=3, le=300, description="a peer that stops answering ICE consent checks is dropped after this"
     )
@@ -176,6 +183,14 @@ class Settings(BaseSettings):
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("ice_denied_peers")
+    @classmethod
+    def _cidr_list(cls, value: str | None) -> str | None:
+        for part in (value or "").split(","):
+            if part.strip():
+                ipaddress.ip_network(part.strip(), strict=False)  # ValueError names the bad range
         return value
 
     @model_validator(mode="after")  # a half-configured TURN fails at start, not at the first call

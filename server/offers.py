@@ -87,7 +87,7 @@ def make_offer_route(
 
     async def offer(request: Request, body: OfferBody = admitted) -> Any:
         if body.type == "ice-candidate":
-            return await candidate(body)
+            return await candidate(body, client_key(request))
         try:
             problem = check_offer_sdp(body.sdp, stream.modality, stream.mode)
             if problem:
@@ -107,20 +107,20 @@ def make_offer_route(
             answer = {**answer, "sdp": apply_bitrate_bounds(answer["sdp"], *bitrate_kbps)}
         return answer
 
-    async def candidate(body: OfferBody) -> Any:
+    async def candidate(body: OfferBody, client: str | None) -> Any:
         """fastrtc posts trickled candidates to the offer route; counted apart from offers."""
         try:
             if body.candidate is None:
                 raise Refusal(400, "invalid_candidate_format", "an ice-candidate message needs a candidate")
             held = body.webrtc_id not in stream.sessions
-            answer = await stream.add_candidate(body.webrtc_id, body.candidate)
+            answer = await stream.add_candidate(body.webrtc_id, body.candidate, client=client)
         except OfferRejected as exc:
             count_candidate(exc.code)
             raise Refusal.from_rejection(exc) from exc
         except Refusal as exc:
             count_candidate(exc.code)
             raise
-        count_candidate("held" if held else "applied")
+        count_candidate("denied" if answer["status"] == "ignored" else "held" if held else "applied")
         return answer
 
     offer.__name__ = f"{name or 'root'}_offer"

@@ -1,12 +1,21 @@
-"""Trickled ICE candidates: parsed strictly, and held briefly when they arrive before their offer.
+"""Remote ICE candidates: parsed strictly, checked against the peer-address policy, and held
+briefly when they arrive before their offer.
 
 A browser posts each candidate as it finds it, in parallel with (and sometimes ahead of) the offer;
 stock fastrtc drops those. Held ones are bounded per session and in all, and expire.
+
+The server sends STUN connectivity checks to every address a client lists, so a client could make
+it probe addresses the client itself cannot reach: link-local (cloud metadata), multicast,
+reserved ranges, or the server's own loopback. `PeerPolicy` drops such candidates, in the offer's
+SDP and when trickled.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiortc import RTCIceCandidate
@@ -17,6 +26,51 @@ from streams.runtime import OfferRejected
 HOLD_S = 10.0  # an offer normally follows its first candidate within milliseconds
 MAX_HELD_SESSIONS = 128
 MAX_PER_SESSION = 32  # a browser finds a handful per network interface
+
+
+# Never a real peer of this server: "this network", link-local (169.254.169.254 is cloud metadata),
+# multicast, reserved, broadcast, and their IPv6 kin. Private LAN and CGNAT (Tailscale) ranges are
+# real peers. Loopback is allowed only to clients that are themselves on loopback.
+DEFAULT_DENIED_PEERS = (
+    "0.0.0.0/8,169.254.0.0/16,224.0.0.0/4,240.0.0.0/4,::/128,fe80::/10,ff00::/8,::ffff:0:0/96,64:ff9b::/96"
+)
+_CANDIDATE_LINE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (?P<address>\S+) ", re.IGNORECASE)
+
+
+class PeerPolicy:
+    """Which remote candidate addresses this server sends connectivity checks to."""
+
+    def __init__(self, denied: Sequence[str] | str = DEFAULT_DENIED_PEERS) -> None:
+        parts = denied.split(",") if isinstance(denied, str) else denied
+        self.denied = [ipaddress.ip_network(part.strip(), strict=False) for part in parts if part.strip()]
+
+    def allows(self, address: str, client: str | None) -> bool:
+        """`client` is the HTTP client's address; names (mDNS `.local`) are resolved later by aioice."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return True
+        if any(ip.version == net.version and ip in net for net in self.denied):
+            return False
+        return _is_loopback(client) if ip.is_loopback else True
+
+    def strip_sdp(self, sdp: str, client: str | None) -> tuple[str, int]:
+        """The SDP without `a=candidate` lines this policy denies, and how many there were."""
+        kept, dropped = [], 0
+        for line in sdp.splitlines(keepends=True):
+            match = _CANDIDATE_LINE.match(line)
+            if match and not self.allows(match["address"], client):
+                dropped += 1
+            else:
+                kept.append(line)
+        return "".join(kept), dropped
+
+
+def _is_loopback(client: str | None) -> bool:
+    try:
+        return client is not None and ipaddress.ip_address(client).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_candidate(candidate: dict[str, Any]) -> RTCIceCandidate | None:

@@ -28,7 +28,7 @@ from pydantic import Field
 
 from streams import fastrtc_adapter as adapter
 from streams import incidents
-from streams.candidates import MAX_PER_SESSION, EarlyCandidates, parse_candidate
+from streams.candidates import MAX_PER_SESSION, EarlyCandidates, PeerPolicy, parse_candidate
 from streams.handlers import ReplyOnPause, VideoStreamHandler
 from streams.inputs import (
     InputSpec,
@@ -135,6 +135,7 @@ class Stream:
         self.observer = StreamObserver()
         self.sessions: dict[str, Session] = {}
         self.early_candidates = EarlyCandidates()  # trickled before their offer
+        self.peer_policy = PeerPolicy()  # remote candidate addresses checked at all (server sets it)
         self.handler = handler
         self._media_factory, self.inputs = self._plan(handler)
 
@@ -304,6 +305,11 @@ class Stream:
                 elif pc.connectionState == "closed":
                     await session.end("client_left")
 
+            sdp, denied = self.peer_policy.strip_sdp(sdp, client)
+            if denied:
+                logger.info(
+                    "session %s: %d offered candidates to denied addresses dropped", session_id, denied
+                )
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
                 for track in media.outgoing_tracks(incoming):
@@ -333,10 +339,16 @@ class Stream:
         if callable(set_channel):
             set_channel(channel)
 
-    async def add_candidate(self, session_id: str, candidate: dict[str, Any]) -> dict[str, str]:
+    async def add_candidate(
+        self, session_id: str, candidate: dict[str, Any], client: str | None = None
+    ) -> dict[str, str]:
         """A trickled ICE candidate: fastrtc's `{"status": "success"}` once applied, or held (bounded,
-        `streams.candidates`) when it came before its offer or while the offer is being answered."""
+        `streams.candidates`) when it came before its offer or while the offer is being answered;
+        `{"status": "ignored"}` for an address the peer policy denies (`client`: the poster's address)."""
         parsed = parse_candidate(candidate)
+        if parsed is not None and not self.peer_policy.allows(parsed.ip, client):
+            logger.info("session %s: a trickled candidate to a denied address was ignored", session_id)
+            return {"status": "ignored", "message": "this server does not check candidates at that address"}
         session = self.sessions.get(session_id)
         if session is None:
             if parsed is not None:

@@ -30,6 +30,9 @@ def auth_server() -> Iterator[ServerProcess]:
             "INSTANCE_ID": "alpha",
             "TWILIO_AUTH_TOKEN": "twilio-secret",
             "ASSISTANT_ENABLED": "false",
+            # for test_security: a pretend proxy (so a request can come from elsewhere), 127.0.0.2 denied
+            "FORWARDED_ALLOW_IPS": "127.0.0.1",
+            "ICE_DENIED_PEERS": "169.254.0.0/16,127.0.0.2/32",
         },
         log_name="auth-server",
     ) as proc:

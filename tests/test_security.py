@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 import websockets
 
+from streams.candidates import PeerPolicy
 from tests.rtc_client import VideoClient, issue_session
 from tests.server_process import ROOT
 from tests.test_access import TOKEN, auth_server  # noqa: F401 - the fixture
+from tests.test_openapi import make_offer_sdp
 
 
 @pytest.mark.parametrize(
@@ -311,3 +316,87 @@ def test_the_sample_clip_is_rendered_where_no_other_user_can_write_and_removed_a
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert not Path(run.stdout.strip()).parent.exists(), "removed when the process exits"
+
+
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def offer_listing(candidates: list[str]) -> str:
+    """A real aiortc offer whose own candidates are replaced by `candidates` (ip:port)."""
+    lines = [
+        line for line in make_offer_sdp().splitlines() if not line.startswith(("a=candidate", "a=end-of"))
+    ]
+    at = next(i for i, line in enumerate(lines) if line.startswith("a=ice-ufrag"))
+    extra = [f"a=candidate:{n} 1 udp 2130706431 {c.split(':')[0]} {c.split(':')[1]} typ host"
+             for n, c in enumerate(candidates, 1)]  # fmt: skip
+    return "\r\n".join(lines[:at] + extra + lines[at:]) + "\r\n"
+
+
+def stun_checks_reaching(listeners: dict[str, socket.socket], seconds: float) -> dict[str, int]:
+    counts = dict.fromkeys(listeners, 0)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for name, sock in listeners.items():
+            with contextlib.suppress(BlockingIOError):
+                while sock.recv(2048):
+                    counts[name] += 1
+        time.sleep(0.05)
+    return counts
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["client-on-loopback", "client-elsewhere"])
+def test_connectivity_checks_go_only_to_allowed_peer_addresses(auth_server, remote):  # noqa: F811
+    """The server sends STUN checks to what a client lists: never to denied ranges, and to its own
+    loopback only for a client that is itself on loopback."""
+    listeners = {}
+    for name, address in (("loopback", "127.0.0.1"), ("denied", "127.0.0.2")):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((address, 0))
+        sock.setblocking(False)
+        listeners[name] = sock
+    try:
+        listed = [f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in listeners.values()]
+        webrtc_id, _ = asyncio.run(issue_session(auth_server.base_url, TOKEN))
+        headers = {**BEARER, **({"X-Forwarded-For": "203.0.113.9"} if remote else {})}
+        body = {
+            "type": "offer",
+            "webrtc_id": webrtc_id,
+            "sdp": offer_listing([*listed, "169.254.169.254:80"]),
+        }
+        resp = httpx.post(
+            f"{auth_server.base_url}/video/webrtc/offer", json=body, headers=headers, timeout=10
+        )
+        assert resp.status_code == 200, resp.text
+        trickled = {
+            "candidate": "candidate:9 1 udp 2130706431 169.254.169.254 80 typ host",
+            "sdpMLineIndex": 0,
+        }
+        late = httpx.post(f"{auth_server.base_url}/video/webrtc/offer", headers=headers,
+                          json={"type": "ice-candidate", "webrtc_id": webrtc_id, "candidate": trickled})  # fmt: skip
+        assert late.status_code == 200 and late.json()["status"] == "ignored", late.text
+        counts = stun_checks_reaching(listeners, 1.5)
+    finally:
+        for sock in listeners.values():
+            sock.close()
+    assert counts["denied"] == 0, counts
+    if remote:
+        assert counts["loopback"] == 0, "a remote client cannot make the server probe its own loopback"
+    else:
+        assert counts["loopback"] > 0, f"the control: checks do go to allowed addresses ({counts})"
+    assert "candidates to denied addresses dropped" in auth_server.log()
+
+
+def test_the_default_peer_policy_denies_metadata_multicast_and_reserved_addresses():
+    policy = PeerPolicy()
+    for address in (
+        "169.254.169.254",
+        "224.0.0.251",
+        "255.255.255.255",
+        "0.0.0.0",
+        "fe80::1",
+        "::ffff:10.0.0.1",
+    ):
+        assert not policy.allows(address, "198.51.100.7"), address
+    for address in ("192.168.1.20", "10.1.2.3", "100.100.1.1", "8.8.8.8", "2001:db8::1", "host.local"):
+        assert policy.allows(address, "198.51.100.7"), address
+    assert policy.allows("127.0.0.1", "127.0.0.1") and not policy.allows("127.0.0.1", "198.51.100.7")
