@@ -1,10 +1,13 @@
 """Turn-taking: end of speech → first reply audio, false ends of turn, idle CPU, barge-in.
 
-Ours (silence setting 400 ms) over WebRTC, WebSocket and phone (Twilio Media Streams protocol),
-echo and assistant; against stock fastrtc `ReplyOnPause` (echo, given our offline VAD model because
-its default downloads one) over WebRTC and WebSocket, in the same run. Speech is espeak-ng, sent in
-real time as 20 ms frames; "end of speech" is the last sample above 1% of full scale.
-A turn that got no audible reply within 8 s is counted as missing in `turns`.
+Ours with each end-of-turn detector (`smart`: Smart Turn v3.2 asked after a short pause; `vad`:
+400 ms of silence) over WebRTC, WebSocket and phone (Twilio Media Streams protocol), echo and
+assistant; against stock fastrtc `ReplyOnPause` (echo, given our offline VAD model because its
+default downloads one) over WebRTC and WebSocket, in the same run. Two sentence sets: complete
+sentences (espeak-ng), and sentences with a 600-900 ms hesitation in the middle (espeak-ng and
+Piper), where any reply before the speaker finished is a false end of turn. Speech is sent in real
+time as 20 ms frames; "end of speech" is the last sample above 1% of full scale. A turn that got
+no audible reply within 8 s is counted as missing in `turns`.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import time
 from typing import Any
 
 import httpx
+import numpy as np
 import psutil
 
 from bench.common import save, start_server, table
-from tests.audio_client import ChatClient, speech
+from tests.audio_client import RATE, ChatClient, piper_speech, speech
 from tests.rtc_client import percentile
 from tests.ws_client import AudioSocketClient
 
@@ -30,6 +34,23 @@ SENTENCES = [
     "Please remind me to call my sister when I get home tonight.",
 ]
 QUESTIONS = ["What time is it?", "Hello there.", "What is the date today?"]
+# One sentence each, with a hesitation of 600-900 ms in the middle (two phrases joined by silence):
+# a turn detector that ends the turn in that silence answers before the speaker has finished.
+HESITATIONS = [
+    ("I would like to order a, um,", "large pizza with mushrooms.", 0.6),
+    ("So the thing is, um,", "I need a new passport.", 0.7),
+    ("My phone number is five five five, and", "then one two three four.", 0.8),
+    ("Let me think about, um,", "the blue one, please.", 0.9),
+    ("What I really want is, um,", "a quiet table by the window.", 0.75),
+]
+VOICES = {"espeak": speech, "piper": piper_speech}
+
+
+def hesitation_clips(voice: str) -> list[np.ndarray]:
+    say = VOICES[voice]
+    return [
+        np.concatenate([say(a), np.zeros(int(gap * RATE), np.float32), say(b)]) for a, b, gap in HESITATIONS
+    ]
 
 
 async def wait_for(predicate, timeout: float) -> bool:
@@ -42,10 +63,12 @@ async def wait_for(predicate, timeout: float) -> bool:
 
 
 async def run_turns(
-    server: Any, transport: str, texts: list[str], mode: str | None, stock: bool = False
+    server: Any, transport: str, texts: list[str] | list[np.ndarray], mode: str | None, stock: bool = False
 ) -> dict:
+    """A false end: reply audio before the speaker finished (the turn ended in a mid-sentence pause),
+    or, for ours, a second end of turn within one clip."""
     delays, false_ends = [], 0
-    clips = [speech(t) for t in texts]
+    clips = [speech(t) if isinstance(t, str) else t for t in texts]
     if transport == "webrtc":
         client = ChatClient(server.base_url)
         await client.connect()
@@ -82,15 +105,23 @@ async def run_turns(
     try:
         for clip in clips:
             before = pauses()
+            started_at = time.monotonic()
             ended = await say(clip, 1.0)  # sockets: keep sending silence, as a phone does
+            early = [t for t in audible(started_at) if t < ended]
+            if early:  # answered mid-sentence: count it, and let that reply play out
+                false_ends += 1
+                await wait_for(
+                    lambda e=ended: time.monotonic() - audible(e)[-1] > 0.7 if audible(e) else False, 10
+                )
+                continue
             if await wait_for(lambda e=ended: audible(e), 8):
                 delays.append((audible(ended)[0] - ended) * 1000)
                 # let the whole reply play out: the next turn starts after 0.7 s without reply audio
                 await wait_for(lambda e=ended: time.monotonic() - audible(e)[-1] > 0.7, 20)
             if transport != "webrtc":
                 await say(None, 0.1)
-            if not stock:
-                false_ends += max(0, pauses() - before - 1)
+            if not stock and pauses() - before > 1:
+                false_ends += 1
     finally:
         if transport == "webrtc":
             await client.close()
@@ -100,7 +131,7 @@ async def run_turns(
         "median_ms": round(percentile(delays, 50)) if delays else "-",
         "p95_ms": round(percentile(delays, 95)) if delays else "-",
         "turns": f"{len(delays)}/{len(clips)}",
-        "false_ends": false_ends if not stock else "n/a",
+        "false_ends": f"{false_ends}/{len(clips)}",
     }
 
 
@@ -130,23 +161,41 @@ async def barge_in(server: Any) -> float:
 
 
 async def main_async(n: int) -> tuple[list[dict], dict]:
-    rows = []
+    rows: list[dict] = []
     extra: dict[str, Any] = {}
-    ours = start_server("ours")
-    try:
-        await wait_for(lambda: httpx.get(f"{ours.base_url}/healthz").json().get("assistant") == "ready", 60)
-        for transport in ("webrtc", "websocket", "phone"):
-            row = await run_turns(ours, transport, SENTENCES[:n], None)
-            rows.append({"server": "ours", "mode": "echo", "transport": transport, **row})
-            print(rows[-1], flush=True)
-        for transport in ("webrtc", "websocket", "phone"):
-            row = await run_turns(ours, transport, QUESTIONS, "assistant")
-            rows.append({"server": "ours", "mode": "assistant (offline)", "transport": transport, **row})
-            print(rows[-1], flush=True)
-        extra["ours_idle_cpu_pct"] = await idle_cpu(ours)
-        extra["ours_barge_in_stop_ms"] = [await barge_in(ours) for _ in range(3)]
-    finally:
-        ours.stop()
+    hesitating = {voice: hesitation_clips(voice) for voice in VOICES}
+
+    def add(server: str, detector: str, mode: str, sentences: str, transport: str, row: dict) -> None:
+        rows.append({"server": server, "detector": detector, "mode": mode, "sentences": sentences,
+                     "transport": transport, **row})  # fmt: skip
+        print(rows[-1], flush=True)
+
+    for detector in ("smart", "vad"):
+        ours = start_server("ours", CHAT_TURN_DETECTOR=detector)
+        try:
+            await wait_for(
+                lambda s=ours: httpx.get(f"{s.base_url}/healthz").json().get("assistant") == "ready", 60
+            )
+            for transport in ("webrtc", "websocket", "phone"):
+                add(
+                    "ours",
+                    detector,
+                    "echo",
+                    "complete",
+                    transport,
+                    await run_turns(ours, transport, SENTENCES[:n], None),
+                )
+            for voice, clips in hesitating.items():
+                add("ours", detector, "echo", f"hesitation ({voice})", "webrtc",
+                    await run_turns(ours, "webrtc", clips[:n], None))  # fmt: skip
+            if detector == "smart":  # the default: the assistant, idle cost and barge-in measured on it
+                for transport in ("webrtc", "websocket", "phone"):
+                    add("ours", detector, "assistant (offline)", "questions", transport,
+                        await run_turns(ours, transport, QUESTIONS, "assistant"))  # fmt: skip
+                extra["ours_idle_cpu_pct"] = await idle_cpu(ours)
+                extra["ours_barge_in_stop_ms"] = [await barge_in(ours) for _ in range(3)]
+        finally:
+            ours.stop()
     sink = start_server("raw-audio-sink")
     try:
         extra["raw_aiortc_audio_sink_idle_cpu_pct"] = await idle_cpu(sink)
@@ -155,9 +204,11 @@ async def main_async(n: int) -> tuple[list[dict], dict]:
     stock = start_server("stock-chat")
     try:
         for transport in ("webrtc", "websocket"):
-            row = await run_turns(stock, transport, SENTENCES[:n], None, stock=True)
-            rows.append({"server": "stock ReplyOnPause", "mode": "echo", "transport": transport, **row})
-            print(rows[-1], flush=True)
+            add("stock ReplyOnPause", "vad (0.6 s chunks)", "echo", "complete", transport,
+                await run_turns(stock, transport, SENTENCES[:n], None, stock=True))  # fmt: skip
+        for voice, clips in hesitating.items():
+            add("stock ReplyOnPause", "vad (0.6 s chunks)", "echo", f"hesitation ({voice})", "webrtc",
+                await run_turns(stock, "webrtc", clips[:n], None, stock=True))  # fmt: skip
         extra["stock_idle_cpu_pct"] = await idle_cpu(stock)
     finally:
         stock.stop()
@@ -169,7 +220,20 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=5)
     args = parser.parse_args()
     rows, extra = asyncio.run(main_async(args.sentences))
-    md = table(rows, ["server", "mode", "transport", "median_ms", "p95_ms", "turns", "false_ends"])
+    md = table(
+        rows,
+        [
+            "server",
+            "detector",
+            "mode",
+            "sentences",
+            "transport",
+            "median_ms",
+            "p95_ms",
+            "turns",
+            "false_ends",
+        ],
+    )
     md += "\n\n" + "\n".join(f"- {k}: {v}" for k, v in extra.items())
     print(md)
     save("turns", [*rows, extra], md, __doc__ or "")

@@ -159,6 +159,10 @@ def _build_chat(settings: Settings, ice: IceConfig) -> tuple[Stream, dict[str, A
 
     vad = SileroVAD()
     vad.warmup()
+    if settings.chat_turn_detector == "smart":  # loaded and warmed now, so the first turn is not slow
+        from streams.smart_turn import default_smart_turn
+
+        default_smart_turn()
     responders: dict[str, Responder] = {"echo": EchoResponder()}
     unavailable = {}
     if settings.assistant_enabled:
@@ -185,6 +189,9 @@ def _build_chat(settings: Settings, ice: IceConfig) -> tuple[Stream, dict[str, A
             min_speech_ms=settings.chat_min_speech_ms,
             threshold=settings.chat_vad_threshold,
             max_utterance_s=settings.chat_max_utterance_s,
+            detector=settings.chat_turn_detector,
+            smart_pause_ms=settings.chat_smart_pause_ms,
+            max_silence_ms=settings.chat_max_silence_ms,
         ),
         default_mode=settings.chat_default_mode,  # type: ignore[arg-type]
         unavailable=unavailable,

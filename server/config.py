@@ -146,7 +146,19 @@ class Settings(BaseSettings):
     chat_concurrency_limit: int = Field(8, ge=1)
     chat_time_limit_s: float | None = Field(None, gt=0)
     chat_default_mode: str = "echo"
-    chat_silence_ms: float = Field(400, ge=96, le=5000, description="pause that ends a turn")
+    chat_silence_ms: float = Field(
+        400, ge=96, le=5000, description="pause that ends a turn with CHAT_TURN_DETECTOR=vad"
+    )
+    chat_turn_detector: Literal["vad", "smart"] = Field(
+        "smart",
+        description="smart: Smart Turn judges each pause; vad: CHAT_SILENCE_MS of silence ends a turn",
+    )
+    chat_smart_pause_ms: float = Field(
+        256, ge=32, le=5000, description="smart: silence after which the end-of-turn model is asked"
+    )
+    chat_max_silence_ms: float = Field(
+        1600, ge=96, le=10_000, description="smart: silence that ends a turn whatever the model says"
+    )
     chat_min_speech_ms: float = Field(250, ge=0, le=5000, description="shorter utterances are ignored")
     chat_vad_threshold: float = Field(0.5, gt=0.15, lt=1.0)
     chat_max_utterance_s: float = Field(30, ge=1, le=300)

@@ -170,7 +170,10 @@ function showChatReport(r) {
   else if (r.type === "transcript") chatLine(r.text || "(nothing heard)", "you");
   else if (r.type === "reply") chatLine(r.text, "server");
   else if (r.type === "turn") {
-    chatLine(`reply audio ${r.pause_to_first_audio_ms} ms after the pause was detected (${r.silence_ms} ms of silence ends a turn)`, "meta");
+    const why = r.decision === "smart"
+      ? `the end-of-turn model said finished (p ${r.turn_probability}, ${r.model_ms} ms) after ${r.pause_ms} ms of silence`
+      : r.decision === "max_utterance" ? "the turn was too long" : `${r.silence_ms} ms of silence ends a turn`;
+    chatLine(`reply audio ${r.pause_to_first_audio_ms} ms after the pause was detected (${why})`, "meta");
   }
   else if (r.type === "interrupted") chatLine("interrupted", "meta");
 }

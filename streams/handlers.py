@@ -4,7 +4,9 @@
 (Silero v6 in 32 ms windows, shipped with faster-whisper, no download), waits on a queue instead
 of spinning when idle, runs a synchronous `fn` in the session's worker thread, paces the reply to
 real time, and stops it at once when the user talks over it (`can_interrupt=True`).
-`TurnTakingHandler` is the shared base: the built-in `/chat` is another subclass of it.
+`TurnTakingHandler` is the shared base: the built-in `/chat` is another subclass of it. By default
+(`TurnSettings.detector="smart"`) a pause ends the turn only when Smart Turn says the speaker has
+finished, or after `max_silence_ms` of silence whatever it says.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -23,11 +26,19 @@ import numpy as np
 from streams import fastrtc_adapter as adapter
 from streams import incidents
 from streams.media import outputs_report
-from streams.turns import SpeechStarted, TurnDetector, TurnDiscarded, TurnEnded, TurnSettings
+from streams.turns import (
+    PauseDetected,
+    SpeechStarted,
+    TurnDetector,
+    TurnDiscarded,
+    TurnEnded,
+    TurnSettings,
+)
 from streams.vad import SAMPLE_RATE, SileroVAD, resample, to_float_mono
 
 if TYPE_CHECKING:
     from streams.session import Session
+    from streams.smart_turn import SmartTurn
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +75,18 @@ def default_vad() -> SileroVAD:
     return _shared_vad
 
 
+_smart_turn_executor: ThreadPoolExecutor | None = None
+
+
+def smart_turn_executor() -> ThreadPoolExecutor:
+    """The one thread every session's Smart Turn checks run in: off the event loop, out of the
+    default pool (aiortc encodes there), and one at a time (~85 ms each) however many sessions pause."""
+    global _smart_turn_executor
+    if _smart_turn_executor is None:
+        _smart_turn_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smart-turn")
+    return _smart_turn_executor
+
+
 State = Literal["listening", "thinking", "speaking"]
 
 
@@ -79,6 +102,7 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
         can_interrupt: bool = True,
         output_sample_rate: int = 24_000,
         expected_layout: Literal["mono", "stereo"] = "mono",
+        smart_turn: SmartTurn | None = None,
     ) -> None:
         super().__init__(
             expected_layout=expected_layout,
@@ -92,6 +116,15 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
         self.session_id = "unbound"
         self.state: State = "listening"
         self.turns = TurnDetector(self.vad, self.turn_settings)
+        self.smart_turn: SmartTurn | None = None
+        if self.turn_settings.detector == "smart":
+            from streams.smart_turn import default_smart_turn  # only then: it imports faster-whisper
+
+            self.smart_turn = smart_turn or default_smart_turn()
+        self._check_task: asyncio.Task[None] | None = None
+        self._answer: tuple[float, float] | None = None  # this turn's latest (probability, model ms)
+        self._first_check_of_turn = 1
+        self._model_failed = False
         self.closed = False
         self.chunk = output_sample_rate // 50  # 20 ms
         self._out: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=500)  # 10 s ahead at most
@@ -119,10 +152,58 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
         for event in self.turns.feed(mono):
             if isinstance(event, SpeechStarted):
                 self._on_speech_started()
+            elif isinstance(event, PauseDetected):
+                self._on_pause(event)
             elif isinstance(event, TurnEnded):
                 self._on_turn_ended(event)
             elif isinstance(event, TurnDiscarded):
-                logger.debug("session %s: %.0f ms of speech is not a turn", self.session_id, event.speech_ms)
+                self._on_turn_discarded(event)
+
+    def _on_pause(self, pause: PauseDetected) -> None:
+        if self.smart_turn is None or self.closed:
+            return
+        if self._check_task is not None and not self._check_task.done():
+            return  # one check per session at a time: a later one, or the ceiling, decides
+        self._check_task = asyncio.create_task(self._check_pause(pause))
+
+    async def _check_pause(self, pause: PauseDetected) -> None:
+        """Ask Smart Turn in its own thread; end the turn if it says complete and nobody spoke since."""
+        assert self.smart_turn is not None
+        started = time.perf_counter()
+        try:
+            p = await asyncio.get_running_loop().run_in_executor(
+                smart_turn_executor(), self.smart_turn.probability, pause.audio
+            )
+        except Exception as exc:  # the silence ceiling still ends the turn
+            if not self._model_failed:  # once a session: it would fail at every pause
+                self._model_failed = True
+                incidents.report(logger, self.session_id, "the end-of-turn model failed", exc)
+            return
+        model_ms = (time.perf_counter() - started) * 1000
+        if self.closed or pause.check_id < self._first_check_of_turn:
+            return  # asked about a turn that has ended since
+        self._answer = (p, model_ms)
+        logger.debug(
+            "session %s: after %.0f ms of silence the turn is %.2f complete (%.0f ms)",
+            self.session_id, pause.silence_ms, p, model_ms,
+        )  # fmt: skip
+        if p <= self.turn_settings.smart_threshold:
+            return
+        event = self.turns.end_if_still_paused(pause.check_id, probability=p)
+        if isinstance(event, TurnEnded):
+            self._on_turn_ended(event)
+        elif isinstance(event, TurnDiscarded):
+            self._on_turn_discarded(event)
+
+    def _on_turn_discarded(self, event: TurnDiscarded) -> None:
+        self._turn_over()
+        logger.debug("session %s: %.0f ms of speech is not a turn", self.session_id, event.speech_ms)
+
+    def _turn_over(self) -> tuple[float, float] | None:
+        """Forget the model's answers about the turn that just ended; returns the latest one."""
+        answer, self._answer = self._answer, None
+        self._first_check_of_turn = self.turns.checks_issued + 1
+        return answer
 
     def _on_speech_started(self) -> None:
         self._log("started_talking")
@@ -146,6 +227,9 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
         self._set_state("listening")
 
     def _on_turn_ended(self, event: TurnEnded) -> None:
+        answer = self._turn_over()
+        if event.turn_probability is None and answer is not None:
+            event.turn_probability = answer[0]  # ended by silence: what the model last said
         if self._reply_task is not None and not self._reply_task.done():
             if not self.can_interrupt:
                 logger.info("session %s: turn ignored while replying (can_interrupt=False)", self.session_id)
@@ -157,7 +241,11 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
         self.last_turn = {
             "speech_s": round(len(event.audio) / SAMPLE_RATE, 2),
             "forced": event.forced,
-            "silence_ms": self.turn_settings.silence_ms,
+            "silence_ms": self.turn_settings.end_silence_ms,
+            "decision": event.decision,
+            "pause_ms": round((event.detected_s - event.speech_end_s) * 1000),
+            "turn_probability": None if event.turn_probability is None else round(event.turn_probability, 3),
+            "model_ms": None if answer is None else round(answer[1]),
         }
         self._set_state("thinking")
         self._reply_task = asyncio.create_task(self._run_reply(event))
@@ -248,6 +336,8 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
         self.closed = True
         if self._reply_task is not None:
             self._reply_task.cancel()
+        if self._check_task is not None:
+            self._check_task.cancel()
         logger.info("session %s: voice handler closed", self.session_id)
 
 
@@ -277,8 +367,10 @@ class ReplyOnPause(TurnTakingHandler):
     pauses and yields `(rate, audio)` chunks (or `AdditionalOutputs`, or `CloseStream`).
 
     The turn's audio is 16 kHz mono, shape (1, N). `startup_fn(*inputs)` runs on connect and may
-    yield a greeting the same way. `model` (fastrtc's pause model) is accepted and not used: turns
-    are decided by Silero v6 in 32 ms windows; `turn_settings` sets the pause length and thresholds.
+    yield a greeting the same way. `model` (fastrtc's pause model) is accepted and not used: pauses
+    are found by Silero v6 in 32 ms windows and judged by Smart Turn (a pause after "I would like,
+    um," does not end the turn); `turn_settings` sets the pauses and thresholds, and
+    `TurnSettings(detector="vad")` ends every turn after `silence_ms` of silence instead.
     """
 
     def __init__(
