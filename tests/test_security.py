@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import shutil
@@ -17,6 +18,7 @@ import pytest
 import websockets
 
 from streams.candidates import PeerPolicy
+from tests.audio_client import speech
 from tests.rtc_client import VideoClient, issue_session
 from tests.server_process import ROOT
 from tests.test_access import TOKEN, auth_server  # noqa: F401 - the fixture
@@ -318,6 +320,7 @@ def test_the_sample_clip_is_rendered_where_no_other_user_can_write_and_removed_a
     assert not Path(run.stdout.strip()).parent.exists(), "removed when the process exits"
 
 
+SILENCE_MULAW = base64.b64encode(b"\xff" * 320).decode()  # 20 ms of μ-law silence at 16 kHz
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -400,3 +403,50 @@ def test_the_default_peer_policy_denies_metadata_multicast_and_reserved_addresse
     for address in ("192.168.1.20", "10.1.2.3", "100.100.1.1", "8.8.8.8", "2001:db8::1", "host.local"):
         assert policy.allows(address, "198.51.100.7"), address
     assert policy.allows("127.0.0.1", "127.0.0.1") and not policy.allows("127.0.0.1", "198.51.100.7")
+
+
+async def test_a_flooding_assistant_session_leaves_another_video_session_at_its_rate(server):
+    """Issue 13 item 6: speech-to-text shared aiortc's encoder pool, so an assistant flood took another
+    session's video from 15 to 1 fps. Now it has its own threads and its input is paced."""
+    from tests.test_chat_assistant import wait_until as wait
+    from tests.test_chat_ws import ws_url
+    from tests.ws_client import AudioSocketClient
+
+    assert await wait(lambda: httpx.get(f"{server.base_url}/healthz").json()["assistant"] == "ready", 60)
+    video = VideoClient(server.base_url, width=320, height=240)
+    await video.connect()
+    try:
+        await video.wait_frames(20)
+        await asyncio.sleep(2)
+        before = len(video.window(2.0)) / 2.0
+        clip = speech("What time is it?")
+
+        replies: list[int] = []
+
+        async def flood() -> None:
+            async with AudioSocketClient(ws_url(server, "/chat/websocket/offer")) as talker:
+                await talker.start()
+                await asyncio.sleep(0.2)
+                async with httpx.AsyncClient(base_url=server.base_url) as http:
+                    mode = await http.post(
+                        "/chat/input", json={"webrtc_id": talker.session_id, "mode": "assistant"}
+                    )
+                    assert mode.status_code == 200, mode.text
+                for _ in range(500):  # 10 s of audio at once: all but 1 s of it dropped
+                    await talker.send({"event": "media", "media": {"payload": SILENCE_MULAW}})
+                for _ in range(3):  # then a question every 3.5 s, each answered with Whisper and Piper
+                    await talker.speak(clip, 2.5)
+                await wait(lambda: bool(talker.audible_after(0.0)), 15)
+                replies.append(len(talker.audible_after(0.0)))
+
+        floods = [asyncio.create_task(flood()) for _ in range(3)]
+        await asyncio.sleep(4)
+        during = len(video.window(3.0)) / 3.0
+        await asyncio.gather(*floods)
+    finally:
+        await video.close()
+    print(
+        f"\nvideo {before:.1f} fps before, {during:.1f} fps during three assistant floods ({replies} reply chunks)"
+    )
+    assert all(replies), f"every flooding session got spoken replies: the assistant was busy ({replies})"
+    assert during >= 0.5 * before, (before, during)
