@@ -76,7 +76,7 @@ async def test_candidates_posted_before_their_offer_are_held_and_applied():
     try:
         for candidate in candidates:
             body = candidate_body("early-1", candidate)["candidate"]
-            assert await stream.add_candidate("early-1", body) == {"status": "success"}
+            assert await stream.add_candidate("early-1", body, client="127.0.0.1") == {"status": "success"}
         answer = await stream.offer("early-1", bare_sdp)
         session = stream.sessions["early-1"]
         transceiver = session.pc.getTransceivers()[0]

@@ -276,9 +276,9 @@ async def test_a_chat_peer_without_a_data_channel_sending_fast_stays_flat(server
             await pc.setRemoteDescription(RTCSessionDescription(**json.loads(answer.text)))
         await asyncio.sleep(3)
         start = resident_mb()
-        await asyncio.sleep(10)
+        await asyncio.sleep(20)
         growth = resident_mb() - start
-        assert growth < 40, f"resident memory grew {growth:.0f} MB in 10 s"
+        assert growth < 40, f"resident memory grew {growth:.0f} MB in 20 s"
         assert dropped_chat_frames(server) > 0, "the client really sent faster than real time"
     finally:
         await pc.close()
