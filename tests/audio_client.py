@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import json
+import shutil
 import subprocess
 import tempfile
 import time
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 import soundfile as sf
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
@@ -56,6 +58,16 @@ def piper_speech(text: str, rate: int = RATE) -> np.ndarray:
     audio = np.concatenate([c.audio_float_array for c in _piper.synthesize(text, syn_config=steady)])
     loud = np.nonzero(np.abs(audio) > 0.01)[0]
     return resample(audio[loud[0] : loud[-1] + 1].astype(np.float32), _piper.config.sample_rate, rate)
+
+
+# The two voices tests speak with (espeak-ng is a Debian package `make test` installs).
+VOICES = [
+    "piper",
+    pytest.param(
+        "espeak",
+        marks=pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed"),
+    ),
+]
 
 
 def say(text: str, voice: str = "piper", rate: int = RATE) -> np.ndarray:

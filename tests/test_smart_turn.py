@@ -10,7 +10,6 @@ complete; the cut-off sentences here trail off with a filler or a comma, as peop
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import numpy as np
@@ -27,6 +26,7 @@ from streams.smart_turn import (
     default_smart_turn,
     fit_window,
 )
+from tests import audio_client
 from tests.audio_client import say as speak
 
 COMPLETE = [
@@ -43,13 +43,7 @@ INCOMPLETE = [
     "Let me think about, um,",
     "What I really want is, um,",
 ]
-VOICES = [
-    "piper",
-    pytest.param(
-        "espeak",
-        marks=pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed"),
-    ),
-]
+VOICES = audio_client.VOICES
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -48,13 +47,7 @@ FINISHED = [
     "What is the capital of France?",
     "My name is John Smith.",
 ]
-VOICES = [
-    "piper",
-    pytest.param(
-        "espeak",
-        marks=pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed"),
-    ),
-]
+VOICES = audio_client.VOICES
 
 
 @cache
