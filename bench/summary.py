@@ -149,8 +149,8 @@ def generate_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def turns_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    ours = pick(rows, server="ours", mode="echo", transport="webrtc")
-    stock = pick(rows, server="stock ReplyOnPause", mode="echo", transport="webrtc")
+    ours = pick(rows, server="ours", detector="smart", mode="echo", sentences="complete", transport="webrtc")
+    stock = pick(rows, server="stock ReplyOnPause", mode="echo", sentences="complete", transport="webrtc")
     extra = next((r for r in rows if "ours_idle_cpu_pct" in r), {})
     lines = [
         {
@@ -160,6 +160,16 @@ def turns_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "stock fastrtc": f"{stock['median_ms']} ms",
         }
     ]
+    for voice in ("espeak", "piper"):
+        hesitation = {"sentences": f"hesitation ({voice})", "transport": "webrtc"}
+        lines.append(
+            {
+                "benchmark": "turns",
+                "measure": f"false ends of turn, sentences with a 600-900 ms hesitation ({voice})",
+                "ours": pick(rows, server="ours", detector="smart", **hesitation)["false_ends"],
+                "stock fastrtc": pick(rows, server="stock ReplyOnPause", **hesitation)["false_ends"],
+            }
+        )
     if extra:
         lines.append(
             {

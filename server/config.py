@@ -150,7 +150,7 @@ class Settings(BaseSettings):
         400, ge=96, le=5000, description="pause that ends a turn with CHAT_TURN_DETECTOR=vad"
     )
     chat_turn_detector: Literal["vad", "smart"] = Field(
-        "smart",
+        "vad",
         description="smart: Smart Turn judges each pause; vad: CHAT_SILENCE_MS of silence ends a turn",
     )
     chat_smart_pause_ms: float = Field(

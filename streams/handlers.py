@@ -4,8 +4,8 @@
 (Silero v6 in 32 ms windows, shipped with faster-whisper, no download), waits on a queue instead
 of spinning when idle, runs a synchronous `fn` in the session's worker thread, paces the reply to
 real time, and stops it at once when the user talks over it (`can_interrupt=True`).
-`TurnTakingHandler` is the shared base: the built-in `/chat` is another subclass of it. By default
-(`TurnSettings.detector="smart"`) a pause ends the turn only when Smart Turn says the speaker has
+`TurnTakingHandler` is the shared base: the built-in `/chat` is another subclass of it. With
+`TurnSettings(detector="smart")` a pause ends the turn only when Smart Turn says the speaker has
 finished, or after `max_silence_ms` of silence whatever it says.
 """
 
@@ -368,9 +368,9 @@ class ReplyOnPause(TurnTakingHandler):
 
     The turn's audio is 16 kHz mono, shape (1, N). `startup_fn(*inputs)` runs on connect and may
     yield a greeting the same way. `model` (fastrtc's pause model) is accepted and not used: pauses
-    are found by Silero v6 in 32 ms windows and judged by Smart Turn (a pause after "I would like,
-    um," does not end the turn); `turn_settings` sets the pauses and thresholds, and
-    `TurnSettings(detector="vad")` ends every turn after `silence_ms` of silence instead.
+    are found by Silero v6 in 32 ms windows and end the turn after `silence_ms`; with
+    `TurnSettings(detector="smart")` Smart Turn judges each pause instead (a pause after "I would
+    like, um," does not end the turn); `turn_settings` sets the pauses and thresholds.
     """
 
     def __init__(

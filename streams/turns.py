@@ -7,7 +7,7 @@ barge-in), and the turn ends after `silence_ms` below a lower threshold (hystere
 from end of speech to end of turn is the silence setting plus at most one window.
 
 Silence alone cannot tell "I would like to order a, um… [pause] large pizza" from a finished
-sentence. With `detector="smart"` (the default) a pause of `smart_pause_ms` does not end the turn:
+sentence. With `detector="smart"` (opt-in, see below) a pause of `smart_pause_ms` does not end the turn:
 `feed` returns `PauseDetected` with the utterance so far, the caller asks Smart Turn
 (`streams.smart_turn`, ~100 ms, so never inside `feed`) and, if it says the turn is complete, calls
 `end_if_still_paused`. While undecided it is asked again every `smart_recheck_ms`, and the turn ends
@@ -20,6 +20,12 @@ ends at the earliest `smart_pause_ms` plus the model's latency (~100 ms on one c
 160 ms cut 16 of 40 synthetic sentences with commas in two; at 256 ms none, and a finished sentence
 still ends ~350 ms after its last word (416 ms with `detector="vad"`). A much faster CPU answers
 sooner, so cuts more: there, ask later (320 ms cut none even with 20 ms answers).
+
+Why `vad` stays the default: in bench/turns.py (same run, WebRTC echo) the model judged 4 of 5 long
+espeak-ng sentences and 1 of 5 Piper ones unfinished (p 0.01-0.19), so they waited for the
+1600 ms ceiling: median end of speech -> reply 1481 ms, against 533 ms with `vad`; and it still
+called 2 of 5 Piper hesitations finished. Synthetic voices are not people, but until the model is
+shown to help on real speech, a slower default would be a regression nobody asked for.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ class TurnSettings:
     max_utterance_s: float = 30.0  # a turn is cut here even without a pause
     start_ms: float = 96.0  # speech this long starts a turn (and interrupts a reply)
     pre_roll_ms: float = 192.0  # audio kept from before the start, so first syllables are not lost
-    detector: Literal["vad", "smart"] = "smart"  # smart: Smart Turn decides, silence alone is the ceiling
+    detector: Literal["vad", "smart"] = "vad"  # smart: Smart Turn decides, silence alone is the ceiling
     smart_pause_ms: float = 256.0  # smart: silence after which the model is first asked (see above)
     smart_recheck_ms: float = 250.0  # smart: asked again every this much more silence while undecided
     max_silence_ms: float = 1600.0  # smart: the turn ends after this much silence whatever the model says

@@ -112,7 +112,7 @@ def model() -> SmartTurn:
     return default_smart_turn()
 
 
-SMART = TurnSettings()
+SMART = TurnSettings(detector="smart")
 VAD = TurnSettings(detector="vad")
 
 
@@ -204,12 +204,12 @@ def test_a_cough_is_dropped_after_silence_ms_without_asking_the_model():
     assert not detector.speaking
 
 
-def test_settings_default_to_smart_with_the_documented_pauses():
+def test_settings_default_to_vad_with_the_documented_smart_pauses():
     s = TurnSettings()
     assert (s.detector, s.smart_pause_ms, s.smart_recheck_ms, s.max_silence_ms, s.smart_threshold) == (
-        "smart", 256.0, 250.0, 1600.0, 0.5,
+        "vad", 256.0, 250.0, 1600.0, 0.5,
     )  # fmt: skip
-    assert s.end_silence_ms == 1600.0 and VAD.end_silence_ms == VAD.silence_ms == 400.0
+    assert s.end_silence_ms == 400.0 and SMART.end_silence_ms == 1600.0
 
 
 # ---- the handler ----
@@ -351,11 +351,16 @@ def test_vad_mode_needs_no_model():
 # ---- user handlers and settings ----
 
 
-def test_reply_on_pause_is_smart_by_default_and_keeps_fastrtcs_options():
+def test_reply_on_pause_can_be_smart_and_keeps_fastrtcs_options():
     def echo(audio: tuple[int, np.ndarray]):
         yield audio
 
-    handler = ReplyOnPause(echo, model_options=SileroVadOptions(threshold=0.6, min_speech_duration_ms=300))
+    assert ReplyOnPause(echo).turn_settings.detector == "vad", "the default, as fastrtc's"
+    handler = ReplyOnPause(
+        echo,
+        model_options=SileroVadOptions(threshold=0.6, min_speech_duration_ms=300),
+        turn_settings=TurnSettings(detector="smart"),
+    )
     assert handler.turn_settings.detector == "smart" and handler.smart_turn is default_smart_turn()
     assert (handler.turn_settings.threshold, handler.turn_settings.min_speech_ms) == (0.6, 300.0)
     copy = handler.copy()
