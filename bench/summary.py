@@ -149,7 +149,7 @@ def generate_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def turns_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    ours = pick(rows, server="ours", detector="smart", mode="echo", sentences="complete", transport="webrtc")
+    ours = pick(rows, server="ours", detector="vad", mode="echo", sentences="complete", transport="webrtc")
     stock = pick(rows, server="stock ReplyOnPause", mode="echo", sentences="complete", transport="webrtc")
     extra = next((r for r in rows if "ours_idle_cpu_pct" in r), {})
     lines = [
@@ -165,7 +165,7 @@ def turns_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         lines.append(
             {
                 "benchmark": "turns",
-                "measure": f"false ends of turn, sentences with a 600-900 ms hesitation ({voice})",
+                "measure": f"false ends of turn, 600-900 ms hesitations ({voice}); ours: CHAT_TURN_DETECTOR=smart",
                 "ours": pick(rows, server="ours", detector="smart", **hesitation)["false_ends"],
                 "stock fastrtc": pick(rows, server="stock ReplyOnPause", **hesitation)["false_ends"],
             }
