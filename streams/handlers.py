@@ -123,7 +123,6 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
             self.smart_turn = smart_turn or default_smart_turn()
         self._check_task: asyncio.Task[None] | None = None
         self._answer: tuple[float, float] | None = None  # this turn's latest (probability, model ms)
-        self._first_check_of_turn = 1
         self._model_failed = False
         self.closed = False
         self.chunk = output_sample_rate // 50  # 20 ms
@@ -180,7 +179,7 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
                 incidents.report(logger, self.session_id, "the end-of-turn model failed", exc)
             return
         model_ms = (time.perf_counter() - started) * 1000
-        if self.closed or pause.check_id < self._first_check_of_turn:
+        if self.closed or not self.turns.in_current_turn(pause.check_id):
             return  # asked about a turn that has ended since
         self._answer = (p, model_ms)
         logger.debug(
@@ -202,7 +201,6 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
     def _turn_over(self) -> tuple[float, float] | None:
         """Forget the model's answers about the turn that just ended; returns the latest one."""
         answer, self._answer = self._answer, None
-        self._first_check_of_turn = self.turns.checks_issued + 1
         return answer
 
     def _on_speech_started(self) -> None:

@@ -113,6 +113,7 @@ class TurnDetector:
         self._next_check_ms = self.settings.smart_pause_ms
         self._checks_issued = 0
         self._checks_valid_from = 1  # ids below this are stale: speech resumed, or the turn ended
+        self._turn_first_check = 1  # ids below this were about a turn that has ended
         self.last_probability = 0.0
 
     @property
@@ -183,6 +184,10 @@ class TurnDetector:
             )
         return None
 
+    def in_current_turn(self, check_id: int) -> bool:
+        """Whether check `check_id` was about the turn still going on (its answer is worth keeping)."""
+        return check_id >= self._turn_first_check
+
     def end_if_still_paused(
         self, check_id: int, probability: float | None = None
     ) -> TurnEnded | TurnDiscarded | None:
@@ -202,6 +207,7 @@ class TurnDetector:
     def _end(self, now_s: float, forced: bool, decision: str = "silence") -> TurnEnded | TurnDiscarded:
         s = self.settings
         self._cancel_checks()
+        self._turn_first_check = self._checks_issued + 1
         trailing = int(max(0.0, self._silence_ms - TAIL_MS) / WINDOW_MS)  # soft word endings score low
         audio = np.concatenate(self._windows[: len(self._windows) - trailing] if trailing else self._windows)
         speech_ms = self._speech_ms
