@@ -1,4 +1,5 @@
-"""Turn-taking: end of speech → first reply audio, false ends of turn, idle CPU, barge-in.
+"""Turn-taking: end of speech → first reply audio, false ends of turn, idle CPU (also with an Opus DTX
+sender), barge-in.
 
 Ours with each end-of-turn detector (`smart`: Smart Turn v3.2 asked after a short pause; `vad`:
 400 ms of silence) over WebRTC, WebSocket and phone (Twilio Media Streams protocol), echo and
@@ -135,8 +136,10 @@ async def run_turns(
     }
 
 
-async def idle_cpu(server: Any, seconds: float = 6) -> float:
-    client = ChatClient(server.base_url)
+async def idle_cpu(server: Any, seconds: float = 6, dtx: bool = False) -> float:
+    """Server CPU (% of a core) for one connected, silent client; `dtx`: one that sends as a browser
+    told `usedtx=1` does (a 20 ms packet every 400 ms), as ours asks browsers to."""
+    client = ChatClient(server.base_url, dtx=dtx)
     await client.connect()
     proc = psutil.Process(server.pid)
     await asyncio.sleep(1.5)
@@ -193,12 +196,14 @@ async def main_async(n: int) -> tuple[list[dict], dict]:
                     add("ours", detector, "assistant (offline)", "questions", transport,
                         await run_turns(ours, transport, QUESTIONS, "assistant"))  # fmt: skip
                 extra["ours_idle_cpu_pct"] = await idle_cpu(ours)
+                extra["ours_idle_cpu_pct_dtx"] = await idle_cpu(ours, dtx=True)  # target: <= 2
                 extra["ours_barge_in_stop_ms"] = [await barge_in(ours) for _ in range(3)]
         finally:
             ours.stop()
     sink = start_server("raw-audio-sink")
     try:
         extra["raw_aiortc_audio_sink_idle_cpu_pct"] = await idle_cpu(sink)
+        extra["raw_aiortc_audio_sink_idle_cpu_pct_dtx"] = await idle_cpu(sink, dtx=True)
     finally:
         sink.stop()
     stock = start_server("stock-chat")

@@ -152,8 +152,8 @@ def _build_generate(settings: Settings, ice: IceConfig) -> Stream:
 
 def _build_chat(settings: Settings, ice: IceConfig) -> tuple[Stream, dict[str, Any]]:
     """/chat: the VAD now; speech-to-text and text-to-speech in the background (ASSISTANT_ENABLED)."""
-    from streams.assistant import BackgroundLoaded, load_assistant
-    from streams.chat import EchoResponder, Responder, create_chat_stream
+    from streams.assistant import BackgroundLoaded, greeting_voice, load_assistant
+    from streams.chat import EchoResponder, Greeting, Responder, create_chat_stream
     from streams.turns import TurnSettings
     from streams.vad import SileroVAD
 
@@ -187,6 +187,7 @@ def _build_chat(settings: Settings, ice: IceConfig) -> tuple[Stream, dict[str, A
         turn_settings=TurnSettings(
             silence_ms=settings.chat_silence_ms,
             min_speech_ms=settings.chat_min_speech_ms,
+            interrupt_ms=settings.chat_interrupt_ms,
             threshold=settings.chat_vad_threshold,
             max_utterance_s=settings.chat_max_utterance_s,
             detector=settings.chat_turn_detector,
@@ -195,6 +196,9 @@ def _build_chat(settings: Settings, ice: IceConfig) -> tuple[Stream, dict[str, A
         ),
         default_mode=settings.chat_default_mode,  # type: ignore[arg-type]
         unavailable=unavailable,
+        greeting=Greeting(settings.chat_greeting, greeting_voice(responders.get("assistant")))
+        if settings.chat_greeting
+        else None,
         concurrency_limit=settings.chat_concurrency_limit,
         time_limit=settings.chat_time_limit_s,
         server_rtc_configuration=ice.server_configuration,

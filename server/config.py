@@ -160,6 +160,12 @@ class Settings(BaseSettings):
         1600, ge=96, le=10_000, description="smart: silence that ends a turn whatever the model says"
     )
     chat_min_speech_ms: float = Field(250, ge=0, le=5000, description="shorter utterances are ignored")
+    chat_interrupt_ms: float = Field(
+        224, ge=32, le=5000, description="speech this long stops a reply (shorter: a cough, a click)"
+    )
+    chat_greeting: str = Field(
+        "", max_length=500, description="spoken to every session on connect; empty: none"
+    )
     chat_vad_threshold: float = Field(0.5, gt=0.15, lt=1.0)
     chat_max_utterance_s: float = Field(30, ge=1, le=300)
 

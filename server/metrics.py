@@ -31,6 +31,7 @@ from streams.stream import Stream
 disable_created_metrics()
 
 FRAME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.033, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
+STAGE_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 REPLY_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
@@ -114,6 +115,15 @@ class Metrics:
             "rt_pause_to_reply_seconds", "End of the user's turn to the first reply audio", ["stream"],
             buckets=REPLY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.turn_stages = Histogram(
+            "rt_turn_stage_seconds",
+            "Each stage of a voice turn: pause (end of speech to end of turn), model (end-of-turn "
+            "model), stt, first_sentence (responder), tts (first sentence), first_audio (end of "
+            "speech to first reply audio)",
+            ["stream", "stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
         self.handler_errors = Counter("rt_handler_errors", "Handler exceptions", ["stream"], registry=r)
 
     def observer(self, stream: str) -> StreamObserver:
@@ -124,6 +134,17 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# stage label -> the key of the `turn` report (streams.handlers) that times it
+TURN_STAGES = {
+    "pause": "pause_ms",
+    "model": "model_ms",
+    "stt": "stt_ms",
+    "first_sentence": "first_sentence_ms",
+    "tts": "tts_ms",
+    "first_audio": "speech_end_to_first_audio_ms",
+}
 
 
 class _PrometheusObserver(StreamObserver):
@@ -156,8 +177,15 @@ class _PrometheusObserver(StreamObserver):
 
     def report(self, report: dict[str, Any]) -> None:
         kind = report.get("type")
-        if kind == "turn" and isinstance(report.get("pause_to_first_audio_ms"), int | float):
-            self.metrics.pause_to_reply.labels(self.stream).observe(report["pause_to_first_audio_ms"] / 1000)
+        if kind == "turn":
+            if isinstance(report.get("pause_to_first_audio_ms"), int | float):
+                self.metrics.pause_to_reply.labels(self.stream).observe(
+                    report["pause_to_first_audio_ms"] / 1000
+                )
+            for stage, key in TURN_STAGES.items():
+                ms = report.get(key)
+                if isinstance(ms, int | float) and not isinstance(ms, bool):
+                    self.metrics.turn_stages.labels(self.stream, stage).observe(ms / 1000)
         elif kind == "error":
             self._errors.inc()
 

@@ -19,7 +19,8 @@ import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +28,8 @@ from typing import Any, Protocol
 import httpx
 import numpy as np
 
-from streams.turns import TurnEnded
+from streams.handlers import Spoken
+from streams.turns import PauseDetected, TurnEnded
 from streams.vad import SAMPLE_RATE, resample
 
 logger = logging.getLogger(__name__)
@@ -180,7 +182,11 @@ class OpenAIChatResponder:
 
 
 class AssistantResponder:
-    """A chat `Responder`: transcribe the turn, answer sentence by sentence, speak each as it is ready."""
+    """A chat `Responder`: transcribe the turn, answer sentence by sentence, speak each as it is ready.
+
+    Speech to text starts early, on the pause (`prepare`), while the turn detector is still deciding
+    whether it ends the turn: when it does and nothing was said since, the transcript is ready or
+    nearly so (the vad detector waits 400 ms of silence, the transcript starts after 192 ms)."""
 
     def __init__(self, stt: SpeechToText, text: TextResponder, tts: TextToSpeech) -> None:
         self.stt, self.text, self.tts = stt, text, tts
@@ -191,21 +197,56 @@ class AssistantResponder:
     async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def reply(self, turn: TurnEnded, session: Any) -> AsyncIterator[np.ndarray]:
+    def prepare(self, pause: PauseDetected, session: Any) -> None:
+        """Transcribe the utterance so far, unless this session's previous early transcript is
+        still running (a pause at every comma must not queue a transcript each)."""
+        early: EarlyTranscript | None = getattr(session, "early_transcript", None)
+        if early is not None and not early.future.done():
+            return
+        session.early_transcript = EarlyTranscript(
+            pause.check_id, self._pool.submit(self.stt.transcribe, pause.audio)
+        )
+
+    async def _transcribe(self, turn: TurnEnded, session: Any) -> tuple[str, bool]:
+        early: EarlyTranscript | None = getattr(session, "early_transcript", None)
+        session.early_transcript = None
+        if early is not None and turn.check_id is not None and early.check_id == turn.check_id:
+            return await asyncio.wrap_future(early.future), True
+        return await self._off_loop(self.stt.transcribe, turn.audio), False
+
+    async def reply(self, turn: TurnEnded, session: Any) -> AsyncIterator[Spoken]:
         t0 = time.perf_counter()
-        heard = await self._off_loop(self.stt.transcribe, turn.audio)
-        session.publish_text("transcript", heard)
+        heard, early = await self._transcribe(turn, session)
         stt_ms = (time.perf_counter() - t0) * 1000
+        session.note_stage("stt_ms", stt_ms)
+        session.last_turn["stt_early"] = early
+        session.publish_text("transcript", heard)
         history: list[dict[str, str]] = session.history
-        spoken: list[str] = []
-        async for sentence in self.text.sentences(heard, history):
-            session.publish_text("reply", sentence)
-            spoken.append(sentence)
-            yield await self._off_loop(self.tts.synthesize, sentence)
-        history += [{"role": "user", "content": heard}, {"role": "assistant", "content": " ".join(spoken)}]
+        past = list(history)
+        history.append({"role": "user", "content": heard})  # kept even if the reply is cut short
         del history[:-MAX_HISTORY]
-        logger.info("session %s: heard %r in %.0f ms; replied %d sentences", session.session_id, heard, stt_ms,
-                    len(spoken))  # fmt: skip
+        spoken = 0
+        t1 = time.perf_counter()
+        async for sentence in self.text.sentences(heard, past):
+            if not spoken:
+                session.note_stage("first_sentence_ms", (time.perf_counter() - t1) * 1000)
+            session.publish_text("reply", sentence)
+            t2 = time.perf_counter()
+            audio = await self._off_loop(self.tts.synthesize, sentence)
+            if not spoken:
+                session.note_stage("tts_ms", (time.perf_counter() - t2) * 1000)
+            spoken += 1
+            yield Spoken(sentence, audio)
+        logger.info(
+            "session %s: heard %r in %.0f ms (%s); replied %d sentences",
+            session.session_id, heard, stt_ms, "early" if early else "after the turn", spoken,
+        )  # fmt: skip
+
+
+@dataclass
+class EarlyTranscript:
+    check_id: int  # the pause it was started on
+    future: Future[str]
 
 
 def load_assistant(
@@ -224,6 +265,25 @@ def load_assistant(
         else OfflineResponder()
     )
     return AssistantResponder(stt, text, tts)
+
+
+def greeting_voice(assistant: Any = None) -> Callable[[], Callable[[str], np.ndarray]]:
+    """Where `CHAT_GREETING` gets its voice: the assistant's text to speech once it has loaded
+    (called in a thread, so waiting is fine), or, with the assistant off or failed, Piper loaded
+    for this alone, or espeak-ng."""
+
+    def voice() -> Callable[[str], np.ndarray]:
+        if isinstance(assistant, BackgroundLoaded):
+            assistant.wait()
+            if assistant.value is not None:
+                return assistant.value.tts.synthesize
+        try:
+            return PiperTTS().synthesize
+        except ImportError as exc:
+            logger.warning("Piper voice unavailable for the greeting (%s); using espeak-ng", exc)
+            return EspeakTTS().synthesize
+
+    return voice
 
 
 def warm(assistant: AssistantResponder) -> None:
@@ -257,6 +317,13 @@ class BackgroundLoaded:
         finally:
             self._ready.set()
 
+    def wait(self) -> None:
+        self._ready.wait()
+
+    @property
+    def value(self) -> AssistantResponder | None:
+        return self._value
+
     @property
     def state(self) -> str:
         return "loading" if not self._ready.is_set() else ("failed" if self.error else "ready")
@@ -265,10 +332,14 @@ class BackgroundLoaded:
     def unavailable_reason(self) -> str | None:
         return self.error
 
-    async def reply(self, turn: TurnEnded, session: Any) -> AsyncIterator[np.ndarray]:
+    def prepare(self, pause: PauseDetected, session: Any) -> None:
+        if self._value is not None:
+            self._value.prepare(pause, session)
+
+    async def reply(self, turn: TurnEnded, session: Any) -> AsyncIterator[Spoken]:
         if not self._ready.is_set():
             await asyncio.to_thread(self._ready.wait)
         if self._value is None:
             raise RuntimeError(f"the assistant is unavailable: {self.error}")
-        async for audio in self._value.reply(turn, session):
-            yield audio
+        async for spoken in self._value.reply(turn, session):
+            yield spoken

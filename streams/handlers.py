@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -28,6 +28,7 @@ from streams import incidents
 from streams.media import outputs_report
 from streams.turns import (
     PauseDetected,
+    SpeechConfirmed,
     SpeechStarted,
     TurnDetector,
     TurnDiscarded,
@@ -43,6 +44,45 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PLAYBACK_LEAD_S = 0.08  # how far ahead of real time replies are handed downstream
+AUDIO_GAP_S = 0.6  # no audio this long during a turn counts as silence (longer than DTX's 400 ms)
+
+
+@dataclass
+class Spoken:
+    """Reply audio with the words it says: a reply cut short is remembered as far as it was heard."""
+
+    text: str
+    audio: np.ndarray  # float32 mono at the handler's output rate
+
+
+def heard_text(segments: list[tuple[str, int, int]], played: int) -> str:
+    """The words of `segments` (text, first sample, end sample) the listener heard by sample
+    `played`; within a segment, words in proportion to its samples played."""
+    words: list[str] = []
+    for text, start, end in segments:
+        if played >= end:
+            words += text.split()
+            continue
+        if played > start:
+            part = text.split()
+            words += part[: int(len(part) * (played - start) / (end - start))]
+        break
+    return " ".join(words)
+
+
+@dataclass
+class Reply:
+    """One reply in progress: its task, what it has said, and where its audio started playing."""
+
+    task: asyncio.Task[None]
+    answers_turn: bool = True  # False: a greeting (reported without turn timings)
+    segments: list[tuple[str, int, int]] = field(default_factory=list)
+    queued: int = 0  # output samples handed to the queue so far
+    started_at_s: float | None = None  # the session's output clock when its first sample went out
+
+    @property
+    def text(self) -> str:
+        return " ".join(text for text, _, _ in self.segments)
 
 
 @dataclass
@@ -92,7 +132,8 @@ State = Literal["listening", "thinking", "speaking"]
 
 class TurnTakingHandler(adapter.AsyncStreamHandler):
     """Listens in 32 ms windows, ends a turn on a pause, answers with `respond(turn)`, stops the
-    answer when the user talks over it. Subclasses implement `respond` and `copy`."""
+    answer when the user talks over it for `interrupt_ms`. Subclasses implement `respond` and
+    `copy`, and may override `prepare` (early work on a pause) and `reply_done` (what was heard)."""
 
     def __init__(
         self,
@@ -127,8 +168,11 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
         self.closed = False
         self.chunk = output_sample_rate // 50  # 20 ms
         self._out: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=500)  # 10 s ahead at most
-        self._reply_task: asyncio.Task[None] | None = None
+        self._reply: Reply | None = None
         self._play_clock: float | None = None
+        self._emitted_s = 0.0  # seconds of audio this session has emitted (the output clock)
+        self._audio_at = time.monotonic()  # when audio last came in
+        self._gap_task: asyncio.Task[None] | None = None
         self._turn_started = 0.0
         self._first_audio_pending = False
         self.last_turn: dict[str, Any] = {}
@@ -138,19 +182,39 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
         self.session, self.session_id = session, session.id
 
     # ---- subclass API ----
-    def respond(self, turn: TurnEnded) -> AsyncIterator[np.ndarray | adapter.AdditionalOutputs]:
-        """The reply to one turn: float32 mono chunks at `output_sample_rate`, or outputs."""
+    def respond(self, turn: TurnEnded) -> AsyncIterator[np.ndarray | Spoken | adapter.AdditionalOutputs]:
+        """The reply to one turn: float32 mono chunks at `output_sample_rate` (as `Spoken` when the
+        words are known), or outputs."""
         raise NotImplementedError
+
+    def prepare(self, pause: PauseDetected) -> None:
+        """A pause began: work that may start before the turn is known to have ended (speech to
+        text). It stands if the turn ends with `check_id == pause.check_id`."""
+
+    def reply_done(self, heard: str, interrupted: bool) -> None:
+        """A reply has ended: `heard` is what the listener heard of its `Spoken` words (all of them
+        unless `interrupted`)."""
+
+    def note_stage(self, stage: str, ms: float) -> None:
+        """A responder's timing for this turn (`stt_ms`, `first_sentence_ms`, `tts_ms`), reported
+        with the turn's other timings at its first audio."""
+        self.last_turn[stage] = round(ms)
 
     # ---- audio in ----
     async def receive(self, frame: tuple[int, np.ndarray]) -> None:
         sr, samples = frame
+        self._audio_at = time.monotonic()
         mono = to_float_mono(samples)
         if sr != SAMPLE_RATE:
             mono = resample(mono, sr, SAMPLE_RATE)
+        self._feed(mono)
+
+    def _feed(self, mono: np.ndarray) -> None:
         for event in self.turns.feed(mono):
             if isinstance(event, SpeechStarted):
-                self._on_speech_started()
+                self._log("started_talking")
+            elif isinstance(event, SpeechConfirmed):
+                self._on_speech_confirmed()
             elif isinstance(event, PauseDetected):
                 self._on_pause(event)
             elif isinstance(event, TurnEnded):
@@ -158,8 +222,22 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
             elif isinstance(event, TurnDiscarded):
                 self._on_turn_discarded(event)
 
+    async def _fill_gaps(self) -> None:
+        """A client that stops sending mid-turn (a WebSocket client done talking, a muted
+        browser) must not leave the turn open: after `AUDIO_GAP_S` without audio, the time that
+        passed is fed as silence, so pauses and the smart ceiling run on the wall clock."""
+        while not self.closed:
+            await asyncio.sleep(AUDIO_GAP_S / 3)
+            gap = time.monotonic() - self._audio_at
+            if gap >= AUDIO_GAP_S and self.turns.speaking:
+                self._audio_at += gap
+                self._feed(np.zeros(int(gap * SAMPLE_RATE), np.float32))
+
     def _on_pause(self, pause: PauseDetected) -> None:
-        if self.smart_turn is None or self.closed:
+        if self.closed:
+            return
+        self.prepare(pause)
+        if self.smart_turn is None:
             return
         if self._check_task is not None and not self._check_task.done():
             return  # one check per session at a time: a later one, or the ceiling, decides
@@ -203,17 +281,14 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
         answer, self._answer = self._answer, None
         return answer
 
-    def _on_speech_started(self) -> None:
-        self._log("started_talking")
-        if self.state != "listening" and self.can_interrupt:
+    def _on_speech_confirmed(self) -> None:
+        if self._reply is not None and self.can_interrupt:
             self.interrupt()
 
     def interrupt(self) -> None:
         """Barge-in: stop the reply now and drop every queued sample, here and downstream."""
-        if self._reply_task is not None:
-            self._reply_task.cancel()
-            self._reply_task = None
         dropped = self._out.qsize()
+        self._end_reply(interrupted=True)
         while not self._out.empty():
             self._out.get_nowait()
         clear = self.clear_queue  # the transport's queue (WebRTC track, Twilio "clear"); set per session
@@ -224,18 +299,39 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
         self.publish({"type": "interrupted"})
         self._set_state("listening")
 
+    def _end_reply(self, interrupted: bool) -> None:
+        """Every way a reply ends goes through here once: its task stops and `reply_done` hears
+        how much of it was played."""
+        reply, self._reply = self._reply, None
+        if reply is None:
+            return
+        reply.task.cancel()
+        played = reply.queued if not interrupted else self._played_samples(reply)
+        self.reply_done(heard_text(reply.segments, played), interrupted and played < reply.queued)
+
+    def _played_samples(self, reply: Reply) -> int:
+        """How much of `reply` the listener has heard: on a phone, what Twilio's marks confirmed;
+        elsewhere what was emitted, less what is still on its way."""
+        if reply.started_at_s is None:
+            return 0
+        media = getattr(self.session, "media", None)
+        confirmed = getattr(media, "played_s", None)
+        if self.session is not None and self.session.transport == "phone" and confirmed is not None:
+            played_s = confirmed - reply.started_at_s
+        else:
+            played_s = self._emitted_s - reply.started_at_s - 2 * PLAYBACK_LEAD_S
+        return max(0, min(reply.queued, int(played_s * self.output_sample_rate)))
+
     def _on_turn_ended(self, event: TurnEnded) -> None:
         answer = self._turn_over()
         if event.turn_probability is None and answer is not None:
             event.turn_probability = answer[0]  # ended by silence: what the model last said
-        if self._reply_task is not None and not self._reply_task.done():
+        if self._reply is not None:
             if not self.can_interrupt:
                 logger.info("session %s: turn ignored while replying (can_interrupt=False)", self.session_id)
                 return
-            self._reply_task.cancel()
+            self.interrupt()
         self._log("pause_detected")
-        self._turn_started = time.monotonic()
-        self._first_audio_pending = True
         self.last_turn = {
             "speech_s": round(len(event.audio) / SAMPLE_RATE, 2),
             "forced": event.forced,
@@ -245,12 +341,21 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
             "turn_probability": None if event.turn_probability is None else round(event.turn_probability, 3),
             "model_ms": None if answer is None else round(answer[1]),
         }
-        self._set_state("thinking")
-        self._reply_task = asyncio.create_task(self._run_reply(event))
+        self._start_reply(self.respond(event))
 
-    async def _run_reply(self, turn: TurnEnded) -> None:
+    def _start_reply(self, items: AsyncIterator[Any], answers_turn: bool = True) -> None:
+        self._turn_started = time.monotonic()
+        self._first_audio_pending = True
+        if not answers_turn:
+            self.last_turn = {}
+        self._set_state("thinking")
+        task = asyncio.create_task(self._run_reply(items))
+        self._reply = Reply(task, answers_turn)
+
+    async def _run_reply(self, items: AsyncIterator[Any]) -> None:
+        reply = self._reply  # set by `_start_reply` before this task first runs
         try:
-            async for item in self.respond(turn):
+            async for item in items:
                 if isinstance(item, adapter.AdditionalOutputs):
                     self.publish(outputs_report(item))
                     continue
@@ -258,15 +363,24 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
                     if self.session is not None:
                         self.session.end_soon("closed_by_handler")
                     return
+                if isinstance(item, Spoken):
+                    if reply is not None:
+                        reply.segments.append((item.text, reply.queued, reply.queued + len(item.audio)))
+                    item = item.audio
                 for start in range(0, len(item), self.chunk):
-                    await self._out.put(item[start : start + self.chunk])
+                    chunk = item[start : start + self.chunk]
+                    await self._out.put(chunk)
+                    if reply is not None:
+                        reply.queued += len(chunk)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             message = incidents.report(logger, self.session_id, "the reply failed", exc)
             await self.send_message(json.dumps({"type": "error", "message": message}))
             self.publish({"type": "error", "message": message})
-            self._set_state("listening")
+            if reply is not None and reply.queued == 0:
+                self._end_reply(interrupted=False)
+                self._set_state("listening")
 
     # ---- audio out ----
     async def emit(self) -> tuple[int, np.ndarray] | None:
@@ -274,12 +388,14 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
         try:
             chunk = await asyncio.wait_for(self._out.get(), timeout=0.5)
         except (TimeoutError, asyncio.TimeoutError):
+            reply = self._reply
             if (
-                self.state != "listening"
-                and (self._reply_task is None or self._reply_task.done())
+                (reply is None or reply.task.done())
+                and self.state != "listening"
                 and not self._client_still_playing()
             ):
-                self._set_state("listening")  # the reply has finished playing
+                self._end_reply(interrupted=False)  # it has finished playing
+                self._set_state("listening")
                 self._play_clock = None
             return None
         now = time.monotonic()
@@ -293,11 +409,23 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
         self._play_clock += len(chunk) / self.output_sample_rate
         if self._first_audio_pending:
             self._first_audio_pending = False
+            reply = self._reply
+            if reply is not None:
+                reply.started_at_s = self._emitted_s
             self._set_state("speaking")
             self._log("response_starting")
-            self.last_turn["pause_to_first_audio_ms"] = round((time.monotonic() - self._turn_started) * 1000)
-            self.publish({"type": "turn", **self.last_turn})
+            if reply is None or reply.answers_turn:
+                self._report_turn()
+        self._emitted_s += len(chunk) / self.output_sample_rate
         return self.output_sample_rate, (np.clip(chunk, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+
+    def _report_turn(self) -> None:
+        """The turn's timings, at its first reply audio: `turn` output, and metrics through it."""
+        turn = self.last_turn
+        turn["pause_to_first_audio_ms"] = round((time.monotonic() - self._turn_started) * 1000)
+        if "pause_ms" in turn:
+            turn["speech_end_to_first_audio_ms"] = turn["pause_ms"] + turn["pause_to_first_audio_ms"]
+        self.publish({"type": "turn", **turn})
 
     def _client_still_playing(self) -> bool:
         """A phone plays what it was sent after we sent it: the reply lasts until its mark returns
@@ -327,15 +455,16 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
     # ---- lifecycle ----
     async def start_up(self) -> None:
         self.publish({"type": "state", "state": self.state})
+        self._gap_task = asyncio.create_task(self._fill_gaps())
 
     def shutdown(self) -> None:
         if self.closed:
             return
         self.closed = True
-        if self._reply_task is not None:
-            self._reply_task.cancel()
-        if self._check_task is not None:
-            self._check_task.cancel()
+        reply, self._reply = self._reply, None
+        for task in (reply.task if reply else None, self._check_task, self._gap_task):
+            if task is not None:
+                task.cancel()
         logger.info("session %s: voice handler closed", self.session_id)
 
 
@@ -417,10 +546,7 @@ class ReplyOnPause(TurnTakingHandler):
     async def start_up(self) -> None:
         await super().start_up()
         if self.startup_fn is not None:
-            self._first_audio_pending = True
-            self._turn_started = time.monotonic()
-            self._set_state("thinking")
-            self._reply_task = asyncio.create_task(self._run_reply(None))
+            self._start_reply(self.respond(None), answers_turn=False)
 
     async def respond(self, turn: TurnEnded | None) -> AsyncIterator[Any]:  # type: ignore[override]
         if turn is None:

@@ -39,6 +39,10 @@ from streams.vad import resample
 MAX_UNPLAYED_MARKS = 256
 MAX_AUDIO_AHEAD_S = 1.0  # network bursts; a client never needs to be further ahead
 MARK_ECHO_TIMEOUT_S = 2.0
+DTX_GAP_TOLERANCE_S = 0.03  # a timestamp step up to this beyond one frame is jitter, not a gap
+DTX_GAP_SLACK_S = 0.1  # how far filled silence may run ahead of the wall clock
+DTX_MAX_GAP_S = 2.0  # the most silence one gap is filled with, whatever its timestamps say
+DTX_CLOCK_DRIFT = 0.01  # a sender's clock may run this much fast (real ones: 0.01%)
 
 if TYPE_CHECKING:
     from streams.handlers import VideoStreamHandler
@@ -304,6 +308,61 @@ def _to_mono_int16(samples: np.ndarray) -> np.ndarray:
     return array.astype(np.int16, copy=False)
 
 
+class DtxGaps:
+    """The silence an Opus DTX sender left out, to be handed to the handler as zeros.
+
+    With DTX a silent browser sends one 20 ms packet every ~400 ms and its RTP timestamps (so the
+    decoded frames' `pts`) skip the rest. Handlers count silence in samples (the turn detector ends
+    a turn after 400 ms of it), so unfilled, a 400 ms pause would take ~8 s of wall clock to end a
+    turn. Timestamps come from the client, so the fill is bounded: at most the wall clock since the
+    previous frame plus `slack_s`; at most `max_gap_s` a gap; and never taking the audio handed on
+    (frames and fills) more than `slack_s` ahead of the wall clock, which is counted `drift` fast
+    so that a sender whose clock runs fast still has its gaps filled an hour in (while a flood of
+    short frames claiming gaps gets at most `drift` of real time as silence). A step backwards, or
+    aiortc's reading of one as a wrap-around (a ~24 h jump, capped), resyncs.
+    """
+
+    def __init__(
+        self,
+        tolerance_s: float = DTX_GAP_TOLERANCE_S,
+        slack_s: float = DTX_GAP_SLACK_S,
+        max_gap_s: float = DTX_MAX_GAP_S,
+        drift: float = DTX_CLOCK_DRIFT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.tolerance_s, self.slack_s, self.max_gap_s = tolerance_s, slack_s, max_gap_s
+        self.drift, self.clock = drift, clock
+        self._next_pts_s: float | None = None  # where the previous frame ended, in stream time
+        self._last_at: float | None = None  # wall clock at the previous frame
+        self._lead_s = 0.0  # audio handed on minus wall clock (at least -max_gap_s)
+        self.filled_s = 0.0  # silence filled so far
+
+    def silence_before(self, pts_s: float | None, duration_s: float, now: float | None = None) -> float:
+        """Seconds of silence to hand on before a frame that starts at `pts_s` (stream seconds; None:
+        unknown) and lasts `duration_s`."""
+        now = self.clock() if now is None else now
+        fill = 0.0
+        if self._last_at is not None:
+            since_last = max(0.0, now - self._last_at)
+            self._lead_s = max(-self.max_gap_s, self._lead_s - since_last * (1 + self.drift))
+            gap = None if pts_s is None or self._next_pts_s is None else pts_s - self._next_pts_s
+            if gap is not None and gap > self.tolerance_s:
+                fill = min(gap, since_last + self.slack_s, self.slack_s - self._lead_s, self.max_gap_s)
+                fill = max(0.0, fill)
+        self._next_pts_s = None if pts_s is None else pts_s + duration_s
+        self._last_at = now
+        self._lead_s += fill + duration_s
+        self.filled_s += fill
+        return fill
+
+
+def _pts_seconds(frame: av.AudioFrame) -> float | None:
+    """Where a received frame starts in stream time (aiortc: the RTP timestamp); None if unknown."""
+    if frame.pts is None or frame.time_base is None:
+        return None
+    return float(frame.pts * frame.time_base)
+
+
 class AudioHandlerMedia:
     """An audio `StreamHandler`/`AsyncStreamHandler` copy for one session.
 
@@ -325,6 +384,7 @@ class AudioHandlerMedia:
         self._unplayed: dict[str, float] = {}  # playback marks sent, not yet echoed: when sent
         self.played_s = 0.0  # seconds of output the client has confirmed playing (Twilio marks)
         self._resampler: av.AudioResampler | None = None
+        self.dtx_gaps = DtxGaps()
         adapter.prepare_handler(
             self.handler,
             loop=asyncio.get_running_loop(),
@@ -374,8 +434,12 @@ class AudioHandlerMedia:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            if not self.admit(frame.samples / frame.sample_rate):
+            duration = frame.samples / frame.sample_rate
+            if not self.admit(duration):
                 continue
+            skipped = round(self.dtx_gaps.silence_before(_pts_seconds(frame), duration) * rate)
+            if skipped > 0:  # Opus DTX: the sender left this silence out
+                await self.receive(rate, np.zeros(skipped, np.int16))
             if self._resampler is None:
                 self._resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
             for out in self._resampler.resample(frame):

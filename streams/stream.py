@@ -39,6 +39,7 @@ from streams.inputs import (
 )
 from streams.media import AudioHandlerMedia, AudioVideoMedia, VideoGenerateMedia, VideoProcessMedia
 from streams.runtime import OfferRejected, SessionBudget, StreamObserver
+from streams.sdp import ask_for_opus_dtx
 from streams.session import Media, Session
 
 logger = logging.getLogger(__name__)
@@ -331,7 +332,10 @@ class Stream:
             message = incidents.report(logger, session_id, "the session could not start", exc)
             raise OfferRejected("session_failed", message) from exc
         logger.info("session %s: %s offer accepted (%d active)", session_id, self.name, self.active_sessions)
-        return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+        answer = pc.localDescription.sdp
+        if self.modality != "video":  # browsers then send one packet per ~400 ms of silence
+            answer = ask_for_opus_dtx(answer)
+        return {"sdp": answer, "type": pc.localDescription.type}
 
     def _attach_channel(self, session: Session, channel: Any) -> None:
         session.channel = channel

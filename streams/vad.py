@@ -19,6 +19,7 @@ from scipy.signal import resample_poly  # imported up front: the first import co
 SAMPLE_RATE = 16_000
 WINDOW = 512  # 32 ms
 CONTEXT = 64
+SILENT = 1e-4  # a window whose samples all stay below this (int16: |x| <= 3) is digital silence
 
 
 def find_silero_model() -> Path:
@@ -79,8 +80,9 @@ class SileroVAD:
 
     def warmup(self) -> None:
         stream = self.stream()
+        quiet = np.linspace(-0.01, 0.01, WINDOW, dtype=np.float32)  # zeros would skip the model
         for _ in range(4):
-            stream.probability(np.zeros(WINDOW, np.float32))
+            stream.probability(quiet)
 
 
 class VadStream:
@@ -95,8 +97,13 @@ class VadStream:
             self.state = {"state": np.zeros((2, 1, 128), np.float32)}
 
     def probability(self, window: np.ndarray) -> float:
+        """Speech probability of the next window. Digital silence (DTX gaps filled with zeros, a
+        muted WebSocket or phone client) is 0.0 without running the model: an idle session costs
+        no inference. The context still moves on; the LSTM state is kept as it was."""
         x = np.concatenate([self.context, window.reshape(1, WINDOW).astype(np.float32)], axis=1)
         self.context = x[:, -CONTEXT:]
+        if float(np.abs(x[:, CONTEXT:]).max()) < SILENT:
+            return 0.0
         if self.vad.lstm_state:
             prob, h, c = self.vad.session.run(None, {"input": x, **self.state})
             self.state = {"h": h, "c": c}

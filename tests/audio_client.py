@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import json
+import math
 import shutil
 import subprocess
 import tempfile
@@ -18,8 +20,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.codecs.opus import OpusEncoder
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
-from av import AudioFrame
+from av import AudioFrame, Packet
 
 from streams.jitter import use_low_latency_jitter_buffers
 from streams.vad import resample
@@ -27,6 +30,9 @@ from tests.rtc_client import pin_loopback, session_http
 
 RATE = 48_000
 FRAME = 960  # 20 ms
+# libopus DTX (silk/define.h): 10 ordinary frames (200 ms) after speech, then one every 20 (400 ms).
+DTX_HANGOVER_FRAMES = 10
+DTX_INTERVAL = 20 * FRAME
 
 
 def speech(text: str, rate: int = RATE, words_per_minute: int = 160) -> np.ndarray:
@@ -107,6 +113,22 @@ class ScriptTrack(AudioStreamTrack):
         wait = self._start + self._samples / RATE - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
+        frame = self._frame(self._next_samples())
+        self._samples += FRAME
+        return frame
+
+    def _frame(self, out: np.ndarray) -> AudioFrame:
+        """20 ms of float samples as the s16 mono frame at the current position."""
+        frame = AudioFrame.from_ndarray(
+            (out * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = RATE
+        frame.pts = self._samples
+        frame.time_base = fractions.Fraction(1, RATE)
+        return frame
+
+    def _next_samples(self) -> np.ndarray:
+        """The next 20 ms: queued clips, zeros where none plays."""
         out = np.zeros(FRAME, np.float32)
         filled = 0
         while filled < FRAME:
@@ -124,14 +146,65 @@ class ScriptTrack(AudioStreamTrack):
                 if self._future is not None and not self._future.done():
                     self._future.set_result((self._started or time.monotonic(), time.monotonic()))
                 self._current = None
-        frame = AudioFrame.from_ndarray(
-            (out * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="mono"
-        )
-        frame.sample_rate = RATE
-        frame.pts = self._samples
-        frame.time_base = fractions.Fraction(1, RATE)
-        self._samples += FRAME
-        return frame
+        return out
+
+
+class DtxTrack(ScriptTrack):
+    """A microphone sending as a browser told `usedtx=1` does: 20 ms packets while a clip plays and
+    for 200 ms after it, then, while silent, one 20 ms packet of silence every 400 ms whose RTP
+    timestamp is 400 ms on from the previous one (the skipped silence is the receiver's to make up).
+    A clip queued in a gap starts at the next 20 ms, as an encoder leaves DTX at once.
+
+    It returns Opus packets it encoded itself: aiortc sends a track's `av.Packet` with its `pts` as
+    the RTP timestamp (`RTCRtpSender._next_encoded_frame` -> `OpusEncoder.pack`). Frames would go
+    through aiortc's encoder, whose packets carry the previous frame's timestamp plus 20 ms (libopus
+    looks 312 samples ahead), so every jump would reach the receiver one packet late.
+    """
+
+    def __init__(self, hangover_frames: int = DTX_HANGOVER_FRAMES, interval: int = DTX_INTERVAL) -> None:
+        super().__init__()
+        self.hangover_frames = hangover_frames
+        self.interval = interval
+        self.sent = 0  # packets sent
+        self._encoder = OpusEncoder()
+        self._encoded = 0  # the encoder's own, unbroken sample clock
+        self._silent = 0  # silent frames sent in a row
+        self._last_pts = -FRAME
+        self._wake: asyncio.Event | None = None
+
+    @property
+    def in_dtx(self) -> bool:
+        return self._silent > self.hangover_frames
+
+    def say(self, audio: np.ndarray) -> asyncio.Future[tuple[float, float]]:
+        fut = super().say(audio)
+        if self._wake is not None:
+            self._wake.set()
+        return fut
+
+    async def recv(self) -> Packet:  # type: ignore[override]
+        if self._start is None or self._wake is None:
+            self._start, self._wake = time.monotonic(), asyncio.Event()
+        while (wait := self._start + self._samples / RATE - time.monotonic()) > 0:
+            if self._queue and self.in_dtx:  # speech in a DTX gap: send it at the next 20 ms
+                now = math.ceil((time.monotonic() - self._start) * RATE / FRAME) * FRAME
+                self._samples, self._silent = max(self._last_pts + FRAME, now), 0
+                continue
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+        idle = self._current is None and not self._queue
+        frame = self._frame(self._next_samples())
+        self._silent = self._silent + 1 if idle else 0
+        frame.pts, self._encoded = self._encoded, self._encoded + FRAME
+        payloads, _ = self._encoder.encode(frame)
+        assert len(payloads) == 1, "aiortc's Opus encoder gives one packet per 20 ms frame"
+        packet = Packet(payloads[0])
+        packet.pts, packet.time_base = self._samples, fractions.Fraction(1, RATE)
+        self._last_pts = self._samples
+        self._samples += self.interval if self.in_dtx else FRAME
+        self.sent += 1
+        return packet
 
 
 @dataclass
@@ -142,13 +215,15 @@ class ChatClient:
     token: str | None = None
     received: list[tuple[float, float]] = field(default_factory=list)  # (arrival, rms)
     messages: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    dtx: bool = False  # the mic sends as a browser with Opus DTX does (`DtxTrack`)
+    answer: dict[str, Any] = field(default_factory=dict)  # the server's answer, as it came
 
     async def connect(self, timeout: float = 15.0) -> None:
         pin_loopback()
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.channel = self.pc.createDataChannel("text")
         self.channel.on("message", lambda m: self.messages.append((time.monotonic(), json.loads(m))))
-        self.mic = ScriptTrack()
+        self.mic: ScriptTrack = DtxTrack() if self.dtx else ScriptTrack()
         self.pc.addTrack(self.mic)
         self._reader: asyncio.Task[None] | None = None
         self.pc.on("track", lambda track: setattr(self, "_reader", asyncio.ensure_future(self._read(track))))
@@ -158,7 +233,7 @@ class ChatClient:
             resp = await http.post(f"/{self.stream}/webrtc/offer", json=body)
         if resp.status_code != 200:
             raise RuntimeError(f"offer refused: {resp.status_code} {resp.text}")
-        answer = resp.json()
+        answer = self.answer = resp.json()
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         use_low_latency_jitter_buffers(
             self.pc

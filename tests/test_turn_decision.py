@@ -98,7 +98,7 @@ def stream_through(
                 handle(detector.end_if_still_paused(check_id, probability=p))
         for event in detector.feed(audio[start : start + CHUNK]):
             if isinstance(event, PauseDetected):
-                if pending is None:
+                if pending is None and settings.detector == "smart":
                     p = model.probability(event.audio)
                     run.checks.append((event.silence_ms, p))
                     pending = (event.at_s + latency_s, event.check_id, p)
@@ -190,8 +190,14 @@ def test_the_ceiling_ends_a_turn_the_model_keeps_calling_unfinished(model):
 def test_vad_mode_ends_every_turn_after_silence_ms_and_never_asks():
     detector = TurnDetector(default_vad(), VAD)
     events = [e for chunk in np.array_split(utterance(*HESITANT), 200) for e in detector.feed(chunk)]
-    assert [type(e) for e in events] == [SpeechStarted, TurnEnded, SpeechStarted, TurnEnded]
-    for turn in events[1::2]:
+    turns = [e for e in events if isinstance(e, SpeechStarted | TurnEnded)]
+    assert [type(e) for e in turns] == [SpeechStarted, TurnEnded, SpeechStarted, TurnEnded]
+    pauses = [e for e in events if isinstance(e, PauseDetected)]
+    assert {p.silence_ms for p in pauses} == {VAD.prepare_ms}, "one early-STT check a pause, no more"
+    assert all(detector.end_if_still_paused(p.check_id, 0.99) is None for p in pauses), "never asks"
+    for turn in turns[1::2]:
+        last_check = max(p.check_id for p in pauses if p.at_s <= turn.detected_s)
+        assert turn.check_id == last_check, "nothing was said after the check: its transcript stands"
         assert turn.decision == "silence" and turn.turn_probability is None
         assert turn.detected_s - turn.speech_end_s == pytest.approx(0.416, abs=0.001)  # 13 windows ≥ 400 ms
 
