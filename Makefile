@@ -43,8 +43,14 @@ lint: $(VENV)/.dev-installed
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 
+# Two passes: everything that asserts no timing, in TEST_WORKERS processes (one module per worker at
+# a time), then the tests marked `serial` (rates, latency, CPU) alone, so no neighbour skews them.
+TEST_WORKERS ?= 2
 test: $(VENV)/.dev-installed system-deps lint
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -m "not serial" -n $(TEST_WORKERS) --dist loadfile; parallel=$$?; \
+	$(PYTHON) -m pytest -m serial; serial=$$?; \
+	echo "parallel pass: exit $$parallel; serial pass: exit $$serial"; \
+	[ $$parallel = 0 ] && [ $$serial = 0 ]
 
 bench: $(VENV)/.dev-installed
 	$(PYTHON) -m bench

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -103,6 +104,8 @@ async def run_turns(
         async with httpx.AsyncClient(base_url=server.base_url) as http:
             await asyncio.sleep(0.3)
             await http.post("/chat/input", json={"webrtc_id": sid, "mode": mode})
+    reports: list[dict] = []
+    reader = None if stock else asyncio.create_task(read_outputs(server, sid, reports))
     try:
         for clip in clips:
             before = pauses()
@@ -124,16 +127,35 @@ async def run_turns(
             if not stock and pauses() - before > 1:
                 false_ends += 1
     finally:
+        if reader is not None:
+            reader.cancel()
         if transport == "webrtc":
             await client.close()
         else:
             await client.__aexit__()
+    stages = {}
+    for key in ("stt_ms", "first_sentence_ms", "tts_ms"):
+        values = [r[key] for r in reports if r.get("type") == "turn" and isinstance(r.get(key), int)]
+        if values:
+            stages[key.removesuffix("_ms")] = round(percentile(values, 50))
+    early = [r["stt_early"] for r in reports if r.get("type") == "turn" and "stt_early" in r]
     return {
         "median_ms": round(percentile(delays, 50)) if delays else "-",
         "p95_ms": round(percentile(delays, 95)) if delays else "-",
         "turns": f"{len(delays)}/{len(clips)}",
         "false_ends": f"{false_ends}/{len(clips)}",
+        "stages_median_ms": ", ".join(f"{k} {v}" for k, v in stages.items())
+        + (f" (early STT {sum(early)}/{len(early)})" if early else ""),
     }
+
+
+async def read_outputs(server: Any, session_id: str, into: list[dict]) -> None:
+    """The session's reports from `/chat/outputs` (turn timings, interruptions), as they come."""
+    url = f"{server.base_url}/chat/outputs?webrtc_id={session_id}"
+    async with httpx.AsyncClient(timeout=None) as http, http.stream("GET", url) as resp:
+        async for line in resp.aiter_lines():
+            if line.startswith("data: "):
+                into.append(json.loads(line[6:]))
 
 
 async def idle_cpu(server: Any, seconds: float = 6, dtx: bool = False) -> float:
@@ -161,6 +183,34 @@ async def barge_in(server: Any) -> float:
     echo = [t for t in client.reply_audio(ended) if t < started + 1.0]
     await client.close()
     return round((max(echo) - started) * 1000)
+
+
+def cough(ms: int = 150) -> np.ndarray:
+    """A short voiced burst (the start of "yeah", faded out): Silero scores it as speech."""
+    audio = speech("yeah")[: RATE * ms // 1000].copy()
+    audio[-RATE // 100 :] *= np.linspace(1, 0, RATE // 100)
+    return audio
+
+
+async def coughs_over_a_reply(server: Any, n: int = 3) -> str:
+    """Bursts of 150 ms during an echo: how many stopped it (each in its own session)."""
+    stopped = 0
+    for _ in range(n):
+        client = ChatClient(server.base_url)
+        await client.connect()
+        reports: list[dict] = []
+        reader = asyncio.create_task(read_outputs(server, client.webrtc_id, reports))
+        try:
+            _, ended = await client.mic.say(speech("one two three four five six seven eight nine ten"))
+            await wait_for(lambda c=client, e=ended: c.reply_audio(e), 5)
+            await asyncio.sleep(0.5)
+            await client.mic.say(cough())
+            await asyncio.sleep(0.8)
+            stopped += any(r.get("type") == "interrupted" for r in reports)
+        finally:
+            reader.cancel()
+            await client.close()
+    return f"{stopped}/{n}"
 
 
 async def main_async(n: int) -> tuple[list[dict], dict]:
@@ -191,13 +241,14 @@ async def main_async(n: int) -> tuple[list[dict], dict]:
             for voice, clips in hesitating.items():
                 add("ours", detector, "echo", f"hesitation ({voice})", "webrtc",
                     await run_turns(ours, "webrtc", clips[:n], None))  # fmt: skip
-            if detector == "smart":  # the default: the assistant, idle cost and barge-in measured on it
-                for transport in ("webrtc", "websocket", "phone"):
-                    add("ours", detector, "assistant (offline)", "questions", transport,
-                        await run_turns(ours, transport, QUESTIONS, "assistant"))  # fmt: skip
+            for transport in ("webrtc", "websocket", "phone"):
+                add("ours", detector, "assistant (offline)", "questions", transport,
+                    await run_turns(ours, transport, QUESTIONS, "assistant"))  # fmt: skip
+            if detector == "vad":  # the default: idle cost, barge-in and coughs measured on it
                 extra["ours_idle_cpu_pct"] = await idle_cpu(ours)
                 extra["ours_idle_cpu_pct_dtx"] = await idle_cpu(ours, dtx=True)  # target: <= 2
                 extra["ours_barge_in_stop_ms"] = [await barge_in(ours) for _ in range(3)]
+                extra["ours_150ms_bursts_that_stopped_a_reply"] = await coughs_over_a_reply(ours)
         finally:
             ours.stop()
     sink = start_server("raw-audio-sink")
@@ -237,6 +288,7 @@ def main() -> None:
             "p95_ms",
             "turns",
             "false_ends",
+            "stages_median_ms",
         ],
     )
     md += "\n\n" + "\n".join(f"- {k}: {v}" for k, v in extra.items())

@@ -88,6 +88,7 @@ async def test_page_connects_camera_and_filters_live(server):
     assert errors == [], errors
 
 
+@pytest.mark.serial
 async def test_page_plays_generated_video_at_the_chosen_rate(server):
     errors: list[str] = []
     async with chromium_page(server.base_url + "/", errors) as page:
@@ -142,6 +143,7 @@ async def test_page_voice_chat_echoes_the_microphone(server, tmp_path):
     assert errors == [], errors
 
 
+@pytest.mark.serial
 async def test_browser_keeps_sending_at_the_camera_resolution(server):
     """The answer carries a bitrate floor because Chrome was seen dropping to ~320x240 at 9 fps within
     ~15 s when sending to aiortc. On this loopback the drop did not reproduce in 25 s even without the

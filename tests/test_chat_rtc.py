@@ -25,6 +25,7 @@ async def wait_until(predicate, timeout: float, step: float = 0.05) -> bool:
     return predicate()
 
 
+@pytest.mark.serial
 async def test_echo_replies_soon_after_the_pause_and_only_once(server):
     client = ChatClient(server.base_url)
     await client.connect()
@@ -49,6 +50,7 @@ async def test_echo_replies_soon_after_the_pause_and_only_once(server):
         await client.close()
 
 
+@pytest.mark.serial
 async def test_barge_in_stops_the_reply(server):
     client = ChatClient(server.base_url)
     await client.connect()
@@ -70,6 +72,7 @@ async def test_barge_in_stops_the_reply(server):
         await client.close()
 
 
+@pytest.mark.serial
 async def test_idle_session_costs_almost_no_cpu(server):
     """Stock ReplyOnPause spins on emit(): 65-100% of a core per idle session."""
     client = ChatClient(server.base_url)

@@ -67,6 +67,7 @@ async def timed_reports(url: str, until, timeout: float) -> list[tuple[float, di
     return reports
 
 
+@pytest.mark.serial
 async def test_a_phone_reply_lasts_until_twilio_says_it_was_played(server):
     """A phone buffers what it is sent: the reply is "speaking" (and can be talked over) until the
     mark after its audio comes back, not when the server sent its last chunk."""

@@ -22,7 +22,7 @@ import pytest
 
 from streams.assistant import AssistantResponder, OfflineResponder
 from streams.chat import ChatHandler
-from streams.handlers import AUDIO_GAP_S, Spoken, default_vad, heard_text
+from streams.handlers import AUDIO_GAP_S, ReplyOnPause, Spoken, default_vad, heard_text
 from streams.turns import PauseDetected, SpeechConfirmed, SpeechStarted, TurnDetector, TurnEnded, TurnSettings
 from streams.vad import SAMPLE_RATE
 from tests.audio_client import ChatClient, say
@@ -159,6 +159,7 @@ async def test_the_greeting_is_spoken_on_connect_on_every_transport(talk_server,
         await close()
 
 
+@pytest.mark.serial
 async def test_a_cough_over_a_reply_does_not_stop_it_and_speech_does(talk_server):
     async with AudioSocketClient(ws_url(talk_server, "/chat/websocket/offer")) as client:
         await client.start()
@@ -186,6 +187,7 @@ async def test_a_cough_over_a_reply_does_not_stop_it_and_speech_does(talk_server
             await out.close()
 
 
+@pytest.mark.serial
 async def test_an_interrupted_reply_is_remembered_as_far_as_the_caller_heard_it(talk_server):
     """On a phone, Twilio's marks say what the caller heard: the LLM is told that much of its
     reply, marked as cut off, and not the rest; the turn reports its stages."""
@@ -297,6 +299,7 @@ async def until(predicate, timeout: float = 3.0) -> bool:
     return predicate()
 
 
+@pytest.mark.serial
 async def test_speech_to_text_starts_on_the_pause_and_its_transcript_is_used_when_the_turn_ends():
     handler, stt = assistant_handler()
     await feed(handler, utterance("What time is it?", 0.7))
@@ -336,6 +339,7 @@ async def drain(handler: ChatHandler, seconds: float) -> None:
         await handler.emit()
 
 
+@pytest.mark.serial
 async def test_an_interrupted_reply_is_remembered_as_far_as_it_was_played_and_a_whole_one_whole():
     words = " ".join(f"w{i}" for i in range(40))  # 40 words over 4 s: 10 a second
     handler = ChatHandler(default_vad(), {"echo": Talker(words, 4.0)})
@@ -376,3 +380,27 @@ def test_pause_checks_are_issued_in_vad_mode_for_early_speech_to_text():
     pauses = [e for e in events if isinstance(e, PauseDetected)]
     (turn,) = [e for e in events if isinstance(e, TurnEnded)]
     assert pauses and {p.silence_ms for p in pauses} == {192.0} and turn.check_id == pauses[-1].check_id
+
+
+async def test_a_handler_that_cannot_be_interrupted_plays_its_reply_through_speech():
+    def fn(audio: tuple[int, np.ndarray]):
+        yield (24_000, np.full(int(2.5 * 24_000), 3000, np.int16))
+
+    handler = ReplyOnPause(fn, can_interrupt=False)
+    await handler.start_up()
+    played: list[int] = []
+
+    async def player() -> None:
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            out = await handler.emit()
+            if out is not None:
+                played.append(out[1].shape[-1])
+
+    playing = asyncio.create_task(player())
+    await feed(handler, utterance("Tell me a story.", 0.6))
+    assert await until(lambda: handler.state == "speaking")
+    await feed(handler, utterance("Stop, please.", 0.5))  # a whole turn, while the reply plays
+    await playing
+    assert sum(played) == int(2.5 * 24_000), "every sample of the reply was played"
+    handler.shutdown()

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import httpx
+import pytest
 
 from tests.rtc_client import ReceiveClient
 from tests.test_video_rtc import read_sse
@@ -18,6 +19,7 @@ async def measure(client: ReceiveClient, seconds: float) -> tuple[float, list[in
     return client.rate(start), window
 
 
+@pytest.mark.serial
 async def test_delivered_rate_follows_the_target_live_without_gaps(server):
     client = ReceiveClient(server.base_url)
     await client.connect()
@@ -44,6 +46,7 @@ async def test_delivered_rate_follows_the_target_live_without_gaps(server):
         await client.close()
 
 
+@pytest.mark.serial
 async def test_file_source_plays_at_its_own_rate_and_outputs_report_fps(server):
     client = ReceiveClient(server.base_url)
     await client.connect()

@@ -6,6 +6,7 @@ import time
 
 import av
 import numpy as np
+import pytest
 
 from streams.runtime import PacedVideoTrack, Worker
 
@@ -38,6 +39,7 @@ async def pull(track: PacedVideoTrack, seconds: float) -> list[tuple[float, int]
     return out
 
 
+@pytest.mark.serial
 async def test_rate_changes_apply_to_the_next_frame_without_drift():
     session = FakeSource(fps=50)
     track = session.track()
@@ -52,6 +54,7 @@ async def test_rate_changes_apply_to_the_next_frame_without_drift():
     assert set(gaps) == {9000}, "pts advance by exactly 1/10 s at 10 fps (90 kHz clock)"
 
 
+@pytest.mark.serial
 async def test_a_slow_source_degrades_to_its_own_rate_without_bursts():
     session = FakeSource(fps=60, work_s=0.05)  # can make only ~20 frames a second
     track = session.track()

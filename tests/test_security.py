@@ -196,6 +196,7 @@ def dropped_chat_frames(server) -> float:
     return float(line.split()[-1]) if line else 0.0
 
 
+@pytest.mark.serial
 async def test_audio_faster_than_real_time_is_dropped_and_the_loop_stays_responsive(server):
     """100x real time over WebSocket (166x took /healthz p50 from 4 to 152 ms): the excess is
     dropped before decoding, /healthz stays fast, the drops are counted."""
@@ -234,6 +235,7 @@ async def test_audio_faster_than_real_time_is_dropped_and_the_loop_stays_respons
     assert dropped_chat_frames(server) > dropped_before + 1000, "the excess is counted as dropped"
 
 
+@pytest.mark.serial
 async def test_a_chat_peer_without_a_data_channel_sending_fast_stays_flat(server):
     """An audio-only offer with no data channel, its audio sent as fast as aiortc encodes it
     (about 20x real time and more): memory stays flat (issue 13: 761 MB in 30 s)."""
@@ -405,6 +407,7 @@ def test_the_default_peer_policy_denies_metadata_multicast_and_reserved_addresse
     assert policy.allows("127.0.0.1", "127.0.0.1") and not policy.allows("127.0.0.1", "198.51.100.7")
 
 
+@pytest.mark.serial
 async def test_a_flooding_assistant_session_leaves_another_video_session_at_its_rate(server):
     """Issue 13 item 6: speech-to-text shared aiortc's encoder pool, so an assistant flood took another
     session's video from 15 to 1 fps. Now it has its own threads and its input is paced."""

@@ -78,6 +78,7 @@ def settle(server: ServerProcess, timeout: float = 60) -> tuple[float, float, fl
     return state
 
 
+@pytest.mark.serial
 def test_300_sessions_killed_abruptly_leave_nothing_behind(soak_server):
     wave(soak_server)  # warm-up: first-use allocations (codecs, thread pools) are not leaks
     assert settle(soak_server)[:2] == (0, 0)

@@ -254,6 +254,7 @@ async def speak(handler: ChatHandler, audio: np.ndarray, realtime: bool = True) 
     return time.monotonic()
 
 
+@pytest.mark.serial
 async def test_the_handler_ends_a_finished_sentence_on_the_models_word_in_real_time():
     handler, recorder = chat_handler()
     await speak(handler, utterance(FINISHED[0], tail_s=1.0))

@@ -71,6 +71,7 @@ async def test_object_detection_example_takes_its_slider_by_parameter_name(users
         await client.close()
 
 
+@pytest.mark.serial
 async def test_generator_example_is_paced_at_its_fps_and_follows_a_live_fps(users):
     client = ReceiveClient(users.base_url, stream="generator", token=TOKEN)
     await client.connect()
@@ -126,6 +127,7 @@ async def test_reply_on_pause_example_echoes_over_webrtc_and_websocket(users):
         assert await wait_until(lambda: ws.audible_after(ended), 5), ws.event_types()
 
 
+@pytest.mark.serial
 async def test_a_slow_user_handler_keeps_latency_bounded_and_other_sessions_unaffected(users):
     slow = VideoClient(users.base_url, stream="slow", token=TOKEN)
     other = VideoClient(users.base_url, stream="fragile", token=TOKEN)

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import httpx
 import numpy as np
+import pytest
 import skimage
 
 from tests.rtc_client import VideoClient, percentile
@@ -91,6 +92,7 @@ async def test_detections_of_a_real_photo_reach_the_outputs_stream(server):
         await client.close()
 
 
+@pytest.mark.serial
 async def test_slow_handler_keeps_latency_bounded_memory_flat_and_others_unaffected(test_server):
     """A 200 ms handler: stock fastrtc builds 18 s of lag in 20 s; ours processes the newest frame."""
     slow = VideoClient(test_server.base_url)
