@@ -282,8 +282,14 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
         return answer
 
     def _on_speech_confirmed(self) -> None:
-        if self._reply is not None and self.can_interrupt:
-            self.interrupt()
+        reply = self._reply
+        if reply is None or not self.can_interrupt:
+            return
+        if reply.task.done() and self._out.empty() and self._played_samples(reply) >= reply.queued:
+            self._end_reply(interrupted=False)  # it had just finished playing: nothing to stop
+            self._set_state("listening")
+            return
+        self.interrupt()
 
     def interrupt(self) -> None:
         """Barge-in: stop the reply now and drop every queued sample, here and downstream."""
