@@ -43,6 +43,14 @@ DTX_GAP_TOLERANCE_S = 0.03  # a timestamp step up to this beyond one frame is ji
 DTX_GAP_SLACK_S = 0.1  # how far filled silence may run ahead of the wall clock
 DTX_MAX_GAP_S = 2.0  # the most silence one gap is filled with, whatever its timestamps say
 DTX_CLOCK_DRIFT = 0.01  # a sender's clock may run this much fast (real ones: 0.01%)
+# A DTX sender's silence is only told by its next packet, 400 ms on; the handler is handed zeros on
+# the wall clock meanwhile (`DtxGaps.prefill`), or every pause would end ~200 ms late.
+DTX_PREFILL_AFTER_S = 0.06  # no frame for this long is a pause: 3 frames, beyond ordinary jitter
+DTX_PREFILL_STEP_S = 0.02  # then zeros every frame's worth, as a continuous sender's would come
+# Pre-fill only this long after the last audible frame: past the smart detector's 1.6 s ceiling no
+# turn is waiting on the silence, and a session idle in DTX must not wake 50 times a second.
+DTX_PREFILL_FOR_S = 2.5
+DTX_AUDIBLE_RMS = 32  # int16 RMS (-60 dBFS) above which a frame is sound, not digital silence
 
 if TYPE_CHECKING:
     from streams.handlers import VideoStreamHandler
@@ -320,6 +328,11 @@ class DtxGaps:
     so that a sender whose clock runs fast still has its gaps filled an hour in (while a flood of
     short frames claiming gaps gets at most `drift` of real time as silence). A step backwards, or
     aiortc's reading of one as a wrap-around (a ~24 h jump, capped), resyncs.
+
+    A gap is only known when the packet after it comes, ~200 ms after a turn's silence should have
+    counted, so while frames are missing shortly after sound, `prefill` hands on the silence the
+    wall clock says is missing, and the next gap is filled with only what is left of it. Pre-filled
+    zeros count as audio handed on, so the bounds above hold for them too.
     """
 
     def __init__(
@@ -329,31 +342,93 @@ class DtxGaps:
         max_gap_s: float = DTX_MAX_GAP_S,
         drift: float = DTX_CLOCK_DRIFT,
         clock: Callable[[], float] = time.monotonic,
+        prefill_after_s: float = DTX_PREFILL_AFTER_S,
+        prefill_step_s: float = DTX_PREFILL_STEP_S,
+        prefill_for_s: float = DTX_PREFILL_FOR_S,
     ) -> None:
         self.tolerance_s, self.slack_s, self.max_gap_s = tolerance_s, slack_s, max_gap_s
         self.drift, self.clock = drift, clock
+        self.prefill_after_s, self.prefill_step_s = prefill_after_s, prefill_step_s
+        self.prefill_for_s = prefill_for_s
         self._next_pts_s: float | None = None  # where the previous frame ended, in stream time
         self._last_at: float | None = None  # wall clock at the previous frame
+        self._last_duration_s = 0.0  # the previous frame's length
         self._lead_s = 0.0  # audio handed on minus wall clock (at least -max_gap_s)
-        self.filled_s = 0.0  # silence filled so far
+        self._lead_at: float | None = None  # wall clock `_lead_s` was last brought up to
+        self._audible_at: float | None = None  # wall clock at the last audible, in-sequence frame
+        self._prefill_at: float | None = None  # wall clock at the last `prefill` since the frame
+        self._prefilled_s = 0.0  # pre-filled since the previous frame
+        self.filled_s = 0.0  # silence filled (and pre-filled) so far
 
-    def silence_before(self, pts_s: float | None, duration_s: float, now: float | None = None) -> float:
+    def _catch_up(self, now: float) -> None:
+        """Bring the lead to `now`: the wall clock has played on (counted `drift` fast)."""
+        if self._lead_at is not None:
+            elapsed = max(0.0, now - self._lead_at)
+            self._lead_s = max(-self.max_gap_s, self._lead_s - elapsed * (1 + self.drift))
+        self._lead_at = now
+
+    def silence_before(
+        self, pts_s: float | None, duration_s: float, now: float | None = None, audible: bool = False
+    ) -> float:
         """Seconds of silence to hand on before a frame that starts at `pts_s` (stream seconds; None:
-        unknown) and lasts `duration_s`."""
+        unknown) and lasts `duration_s`; `audible`: the frame is sound, so pauses after it matter."""
         now = self.clock() if now is None else now
         fill = 0.0
+        gap = None if pts_s is None or self._next_pts_s is None else pts_s - self._next_pts_s
         if self._last_at is not None:
             since_last = max(0.0, now - self._last_at)
-            self._lead_s = max(-self.max_gap_s, self._lead_s - since_last * (1 + self.drift))
-            gap = None if pts_s is None or self._next_pts_s is None else pts_s - self._next_pts_s
+            self._catch_up(now)
             if gap is not None and gap > self.tolerance_s:
-                fill = min(gap, since_last + self.slack_s, self.slack_s - self._lead_s, self.max_gap_s)
-                fill = max(0.0, fill)
+                total = min(gap, since_last + self.slack_s, self.max_gap_s)
+                fill = max(0.0, min(total - self._prefilled_s, self.slack_s - self._lead_s))
+            # A frame with no gap after pre-filled zeros (a continuous sender stalled for longer
+            # than `prefill_after_s`): they were extra, at most the stall and within the bounds.
+        self._lead_at = now
+        if audible and gap is not None and gap <= self.tolerance_s:
+            self._audible_at = now  # in sequence: a DTX sender's comfort noise after a gap is not
         self._next_pts_s = None if pts_s is None else pts_s + duration_s
-        self._last_at = now
+        self._last_at, self._last_duration_s = now, duration_s
+        self._prefill_at, self._prefilled_s = None, 0.0
         self._lead_s += fill + duration_s
         self.filled_s += fill
         return fill
+
+    def prefill_in(self, now: float | None = None) -> float | None:
+        """Seconds the next frame may be waited for before `prefill` is due; None: no pre-fill now
+        (long after sound, or nothing left to pre-fill), so wait for as long as it takes."""
+        if self._audible_at is None or self._last_at is None or self._prefilled_s >= self.max_gap_s:
+            return None
+        if self._prefill_at is None:
+            due = self._last_at + self.prefill_after_s
+        else:
+            due = self._prefill_at + self.prefill_step_s
+        if due > self._audible_at + self.prefill_for_s:
+            return None
+        now = self.clock() if now is None else now
+        return max(0.0, due - now)
+
+    def prefill(self, now: float | None = None) -> float:
+        """Seconds of silence to hand on now, no frame having come: the wall clock since the previous
+        frame ended, less what was pre-filled already (and within the bounds of `silence_before`)."""
+        now = self.clock() if now is None else now
+        self._prefill_at = now
+        if self._last_at is None:
+            return 0.0
+        self._catch_up(now)
+        missing = now - self._last_at - self._last_duration_s - self._prefilled_s
+        fill = max(0.0, min(missing, self.max_gap_s - self._prefilled_s, self.slack_s - self._lead_s))
+        self._prefilled_s += fill
+        self._lead_s += fill
+        self.filled_s += fill
+        return fill
+
+
+def _audible(chunks: list[np.ndarray]) -> bool:
+    """int16 samples louder than digital silence (`DTX_AUDIBLE_RMS`)."""
+    if not chunks:
+        return False
+    samples = np.concatenate(chunks).astype(np.float32)
+    return bool(samples.size) and float(np.sqrt(np.mean(samples**2))) > DTX_AUDIBLE_RMS
 
 
 def _pts_seconds(frame: av.AudioFrame) -> float | None:
@@ -429,21 +504,46 @@ class AudioHandlerMedia:
 
     async def _pump_in(self, track: MediaStreamTrack) -> None:
         rate = self.handler.input_sample_rate
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            duration = frame.samples / frame.sample_rate
-            if not self.admit(duration):
-                continue
-            skipped = round(self.dtx_gaps.silence_before(_pts_seconds(frame), duration) * rate)
-            if skipped > 0:  # Opus DTX: the sender left this silence out
-                await self.receive(rate, np.zeros(skipped, np.int16))
-            if self._resampler is None:
-                self._resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
-            for out in self._resampler.resample(frame):
-                await self.receive(rate, out.to_ndarray().reshape(-1))
+        # While a pre-fill may be due, one recv stays in flight across the timeouts: a timeout never
+        # cancels a recv, so no frame is lost whatever the track (aiortc's own would survive it, as
+        # `asyncio.Queue.get` does; a relay's may not). Otherwise recv is awaited as it is.
+        pending: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                wait = self.dtx_gaps.prefill_in()
+                if wait is not None:
+                    if pending is None:
+                        pending = asyncio.ensure_future(track.recv())
+                    await asyncio.wait({pending}, timeout=wait)
+                    if not pending.done():  # Opus DTX: a pause; count it on the wall clock
+                        await self._receive_silence(rate, self.dtx_gaps.prefill())
+                        continue
+                try:
+                    if pending is not None:
+                        received, pending = pending, None
+                        frame = await received
+                    else:
+                        frame = await track.recv()
+                except MediaStreamError:
+                    return
+                duration = frame.samples / frame.sample_rate
+                if not self.admit(duration):
+                    continue
+                if self._resampler is None:
+                    self._resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+                samples = [out.to_ndarray().reshape(-1) for out in self._resampler.resample(frame)]
+                gap = self.dtx_gaps.silence_before(_pts_seconds(frame), duration, audible=_audible(samples))
+                await self._receive_silence(rate, gap)  # Opus DTX: the sender left this silence out
+                for chunk in samples:
+                    await self.receive(rate, chunk)
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+    async def _receive_silence(self, rate: int, seconds: float) -> None:
+        count = round(seconds * rate)
+        if count > 0:
+            await self.receive(rate, np.zeros(count, np.int16))
 
     async def _pump_out(self) -> None:
         assert self.out_track is not None
