@@ -362,7 +362,6 @@ async def test_the_answer_sdp_asks_the_browser_for_opus_dtx(server: ServerProces
         await client.close()
 
 
-@pytest.mark.serial
 async def echo_delay_ms(server: ServerProcess, clip: np.ndarray, dtx: bool) -> float:
     """End of speech -> first echo, for a mic that sends continuously or as a DTX browser does."""
     client = ChatClient(server.base_url, dtx=dtx)
@@ -379,6 +378,7 @@ async def echo_delay_ms(server: ServerProcess, clip: np.ndarray, dtx: bool) -> f
         await client.close()
 
 
+@pytest.mark.serial
 @needs_espeak
 async def test_a_dtx_senders_pause_ends_the_turn_on_time(server: ServerProcess) -> None:
     """Unfilled, the 400 ms pause would arrive as 20 ms of audio per 400 ms: ~8 s to end the turn;
