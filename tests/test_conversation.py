@@ -404,3 +404,30 @@ async def test_a_handler_that_cannot_be_interrupted_plays_its_reply_through_spee
     await playing
     assert sum(played) == int(2.5 * 24_000), "every sample of the reply was played"
     handler.shutdown()
+
+
+async def test_a_user_handlers_startup_fn_speaks_first_and_reports_no_turn():
+    """fastrtc's `startup_fn`: what it yields is played on connect, before anyone speaks."""
+    reports: list[dict] = []
+
+    def greet():
+        yield (16_000, np.full(8000, 3000, np.int16))  # half a second, at another rate
+
+    handler = ReplyOnPause(lambda audio: None, startup_fn=greet)
+    handler.publish = reports.append  # type: ignore[method-assign]
+    await handler.start_up()
+    played = 0
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        out = await handler.emit()
+        if out is not None:
+            played += out[1].shape[-1]
+    assert played == 12_000, "the greeting, resampled to the 24 kHz output"
+    assert [r["state"] for r in reports if r["type"] == "state"] == [
+        "listening",
+        "thinking",
+        "speaking",
+        "listening",
+    ]
+    assert not [r for r in reports if r["type"] == "turn"], "a greeting answers no turn"
+    handler.shutdown()
