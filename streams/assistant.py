@@ -198,19 +198,20 @@ class AssistantResponder:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def prepare(self, pause: PauseDetected, session: Any) -> None:
-        """Transcribe the utterance so far, unless this session's previous early transcript is
+        """Transcribe the utterance so far, once a pause (the smart detector's later checks of the
+        same pause add only silence), and not while this session's previous early transcript is
         still running (a pause at every comma must not queue a transcript each)."""
         early: EarlyTranscript | None = getattr(session, "early_transcript", None)
-        if early is not None and not early.future.done():
+        if early is not None and (early.pause_id == pause.pause_id or not early.future.done()):
             return
         session.early_transcript = EarlyTranscript(
-            pause.check_id, self._pool.submit(self.stt.transcribe, pause.audio)
+            pause.pause_id, self._pool.submit(self.stt.transcribe, pause.audio)
         )
 
     async def _transcribe(self, turn: TurnEnded, session: Any) -> tuple[str, bool]:
         early: EarlyTranscript | None = getattr(session, "early_transcript", None)
         session.early_transcript = None
-        if early is not None and turn.check_id is not None and early.check_id == turn.check_id:
+        if early is not None and turn.pause_id is not None and early.pause_id == turn.pause_id:
             return await asyncio.wrap_future(early.future), True
         return await self._off_loop(self.stt.transcribe, turn.audio), False
 
@@ -245,7 +246,7 @@ class AssistantResponder:
 
 @dataclass
 class EarlyTranscript:
-    check_id: int  # the pause it was started on
+    pause_id: int  # the pause it was started on
     future: Future[str]
 
 

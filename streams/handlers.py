@@ -189,7 +189,7 @@ class TurnTakingHandler(adapter.AsyncStreamHandler):
 
     def prepare(self, pause: PauseDetected) -> None:
         """A pause began: work that may start before the turn is known to have ended (speech to
-        text). It stands if the turn ends with `check_id == pause.check_id`."""
+        text). It stands if the turn ends with `pause_id == pause.pause_id`."""
 
     def reply_done(self, heard: str, interrupted: bool) -> None:
         """A reply has ended: `heard` is what the listener heard of its `Spoken` words (all of them

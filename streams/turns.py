@@ -90,18 +90,19 @@ class TurnEnded:
     forced: bool = False  # cut at max_utterance_s
     decision: str = "silence"  # "smart" (the model), "silence" (the pause alone) or "max_utterance"
     turn_probability: float | None = None  # the model's (last) answer; None: not asked
-    check_id: int | None = None  # the pause check whose audio holds all of this turn's speech, if any
+    pause_id: int | None = None  # the pause that ended the turn (`PauseDetected.pause_id`), if checked
 
 
 @dataclass
 class PauseDetected:
     """Speech paused. Smart mode: ask the model, then `TurnDetector.end_if_still_paused(check_id)`.
     Both modes (vad: once a pause, at `prepare_ms`): speech-to-text may start on `audio` now; if the
-    turn then ends with `TurnEnded.check_id == check_id`, nothing was said since and it stands."""
+    turn then ends with `TurnEnded.pause_id == pause_id`, nothing was said since and it stands."""
 
     audio: np.ndarray  # the utterance so far, pre-roll and the pause included: what the model judges
     silence_ms: float  # how long the pause has lasted
     check_id: int  # stale once speech resumes or the turn ends
+    pause_id: int = 0  # the same for every check of one pause (its first check's id): same speech
     at_s: float = 0.0  # stream time of the check
 
 
@@ -204,6 +205,7 @@ class TurnDetector:
                 audio=np.concatenate(self._windows),
                 silence_ms=self._silence_ms,
                 check_id=self._checks_issued,
+                pause_id=self._checks_valid_from,
                 at_s=now_s,
             )
         return None
@@ -233,7 +235,7 @@ class TurnDetector:
     def _end(self, now_s: float, forced: bool, decision: str = "silence") -> TurnEnded | TurnDiscarded:
         s = self.settings
         latest = self._checks_issued
-        check_id = latest if self._checks_valid_from <= latest else None  # no speech since it
+        pause_id = self._checks_valid_from if self._checks_valid_from <= latest else None
         self._cancel_checks()
         self._turn_first_check = self._checks_issued + 1
         trailing = int(max(0.0, self._silence_ms - TAIL_MS) / WINDOW_MS)  # soft word endings score low
@@ -252,5 +254,5 @@ class TurnDetector:
             detected_s=now_s,
             forced=forced,
             decision="max_utterance" if forced else decision,
-            check_id=None if forced else check_id,
+            pause_id=None if forced else pause_id,
         )

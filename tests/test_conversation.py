@@ -23,6 +23,7 @@ import pytest
 from streams.assistant import AssistantResponder, OfflineResponder
 from streams.chat import ChatHandler
 from streams.handlers import AUDIO_GAP_S, ReplyOnPause, Spoken, default_vad, heard_text
+from streams.smart_turn import SmartTurn
 from streams.turns import PauseDetected, SpeechConfirmed, SpeechStarted, TurnDetector, TurnEnded, TurnSettings
 from streams.vad import SAMPLE_RATE
 from tests.audio_client import ChatClient, say
@@ -271,11 +272,23 @@ class SilentTTS:
         return np.zeros(2400, np.float32)
 
 
-def assistant_handler() -> tuple[ChatHandler, CountingSTT]:
+def assistant_handler(settings: TurnSettings | None = None) -> tuple[ChatHandler, CountingSTT]:
     stt = CountingSTT()
     responder = AssistantResponder(stt, OfflineResponder(), SilentTTS())
-    handler = ChatHandler(default_vad(), {"assistant": responder}, default_mode="assistant")
+    handler = ChatHandler(
+        default_vad(), {"assistant": responder}, default_mode="assistant", turn_settings=settings
+    )
     return handler, stt
+
+
+class Unsure(SmartTurn):
+    """An end-of-turn model that always says "not finished": the ceiling ends every turn."""
+
+    def __init__(self) -> None:
+        pass
+
+    def probability(self, audio: np.ndarray) -> float:
+        return 0.1
 
 
 async def feed(handler: ChatHandler, audio: np.ndarray, realtime: bool = True) -> None:
@@ -309,6 +322,18 @@ async def test_speech_to_text_starts_on_the_pause_and_its_transcript_is_used_whe
     assert handler.last_turn["stt_early"] is True
     assert handler.last_turn["stt_ms"] < 100, "ready (150 ms of work) before the 400 ms pause ended"
     assert handler.history[0] == {"role": "user", "content": "call 1"}
+    handler.shutdown()
+
+
+async def test_the_smart_detector_transcribes_a_pause_once_however_often_it_asks_the_model():
+    smart = TurnSettings(detector="smart")
+    handler, stt = assistant_handler(smart)
+    handler.smart_turn = Unsure()
+    await feed(handler, utterance("What time is it?", smart.max_silence_ms / 1000 + 0.2), realtime=False)
+    assert await until(lambda: "stt_ms" in handler.last_turn)
+    print(f"\nsmart, ended by the ceiling: {handler.last_turn}")
+    assert handler.turns.checks_issued >= 5, "the model was asked again and again"
+    assert len(stt.calls) == 1 and handler.last_turn["stt_early"] is True, stt.calls
     handler.shutdown()
 
 
@@ -379,7 +404,7 @@ def test_pause_checks_are_issued_in_vad_mode_for_early_speech_to_text():
     events = detector.feed(utterance("What time is it?", 0.5))
     pauses = [e for e in events if isinstance(e, PauseDetected)]
     (turn,) = [e for e in events if isinstance(e, TurnEnded)]
-    assert pauses and {p.silence_ms for p in pauses} == {192.0} and turn.check_id == pauses[-1].check_id
+    assert pauses and {p.silence_ms for p in pauses} == {192.0} and turn.pause_id == pauses[-1].pause_id
 
 
 async def test_a_handler_that_cannot_be_interrupted_plays_its_reply_through_speech():

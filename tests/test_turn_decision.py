@@ -196,8 +196,8 @@ def test_vad_mode_ends_every_turn_after_silence_ms_and_never_asks():
     assert {p.silence_ms for p in pauses} == {VAD.prepare_ms}, "one early-STT check a pause, no more"
     assert all(detector.end_if_still_paused(p.check_id, 0.99) is None for p in pauses), "never asks"
     for turn in turns[1::2]:
-        last_check = max(p.check_id for p in pauses if p.at_s <= turn.detected_s)
-        assert turn.check_id == last_check, "nothing was said after the check: its transcript stands"
+        last_pause = max(p.pause_id for p in pauses if p.at_s <= turn.detected_s)
+        assert turn.pause_id == last_pause, "nothing was said after the check: its transcript stands"
         assert turn.decision == "silence" and turn.turn_probability is None
         assert turn.detected_s - turn.speech_end_s == pytest.approx(0.416, abs=0.001)  # 13 windows ≥ 400 ms
 
