@@ -16,14 +16,15 @@ import httpx
 from tests import netaudit
 from tests.server_process import ROOT, free_port
 
-DOCKERFILE = (ROOT / "Dockerfile").read_text()
+# The CPU image is the default build; the GPU image (its own file) is built on top of it.
+DOCKERFILES = {"cpu": (ROOT / "Dockerfile").read_text(), "gpu": (ROOT / "Dockerfile.gpu").read_text()}
 
 
 def stage(name: str) -> str:
-    """The text of one build stage."""
-    parts = re.split(r"^FROM .*$", DOCKERFILE, flags=re.M)
-    names = re.findall(r"^FROM \S+ AS (\S+)$", DOCKERFILE, flags=re.M)
-    return parts[names.index(name) + 1]
+    """The text of one build stage (each file has one)."""
+    text = DOCKERFILES[name]
+    assert re.findall(r"^FROM \S+ AS (\S+)$", text, flags=re.M) == [name]
+    return re.split(r"^FROM .*$", text, flags=re.M)[1]
 
 
 def exec_form(instruction: str, text: str) -> list[str]:
@@ -47,8 +48,10 @@ def test_every_stage_copies_what_exists_and_stays_offline():
         for line in re.findall(r"^COPY (.+) \S+$", text, flags=re.M):
             for source in line.split():
                 assert (ROOT / source).exists(), f"{name}: COPY {source} does not exist"
-        assert "HF_HUB_OFFLINE=1" in text and "USER app" in text, name
-        assert exec_form("CMD", text) == exec_form("CMD", stage("cpu"))
+        assert re.findall(r"^USER (\S+)$", text, flags=re.M)[-1] == "app", name
+    assert "HF_HUB_OFFLINE=1" in stage("cpu")  # the GPU image inherits its environment and CMD
+    assert not re.search(r"^CMD", stage("gpu"), flags=re.M)
+    assert exec_form("HEALTHCHECK", stage("gpu")) == exec_form("HEALTHCHECK", stage("cpu"))
 
 
 def test_image_entry_point_serves_and_healthcheck_tells_up_from_down():
