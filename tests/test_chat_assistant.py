@@ -96,6 +96,7 @@ async def read_events(url: str, until, timeout: float) -> list[dict]:
     return events
 
 
+@pytest.mark.serial
 @needs_espeak
 async def test_assistant_over_websocket_hears_and_answers(server):
     async with httpx.AsyncClient(base_url=server.base_url) as http:
