@@ -99,7 +99,7 @@ async def test_page_plays_generated_video_at_the_chosen_rate(server):
         await page.dispatch_event("#gen-fps", "change")
         await page.wait_for_timeout(2000)
         frames = await page.evaluate(COUNT_FRAMES, "gen-video")
-        assert 24 <= frames <= 36, f"{frames} frames in 3 s at 10 fps"
+        assert 21 <= frames <= 36, f"{frames} frames in 3 s at 10 fps (30 fps would be ~90)"
         await page.wait_for_function(
             "document.getElementById('gen-stat-fps').textContent.endsWith('/ 10')", timeout=5000
         )
