@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from streams.sdp import ask_for_opus_dtx
 from streams.vad import WINDOW, SileroVAD
 from tests.audio_client import ChatClient, DtxTrack, speech
 from tests.server_process import ServerProcess
+from tests.test_chat_rtc import wait_until
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
@@ -338,15 +338,6 @@ def test_warmup_still_runs_the_model(counted_vad) -> None:
 
 
 # ---- over the real protocol ----
-
-
-async def wait_until(predicate, timeout: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(step)
-    return predicate()
 
 
 async def test_the_answer_sdp_asks_the_browser_for_opus_dtx(server: ServerProcess) -> None:
