@@ -24,7 +24,7 @@ import numpy as np
 import psutil
 
 from bench.common import save, start_server, table
-from tests.audio_client import RATE, ChatClient, piper_speech, speech
+from tests.audio_client import RATE, ChatClient, burst, piper_speech, speech
 from tests.rtc_client import percentile
 from tests.ws_client import AudioSocketClient
 
@@ -185,13 +185,6 @@ async def barge_in(server: Any) -> float:
     return round((max(echo) - started) * 1000)
 
 
-def cough(ms: int = 150) -> np.ndarray:
-    """A short voiced burst (the start of "yeah", faded out): Silero scores it as speech."""
-    audio = speech("yeah")[: RATE * ms // 1000].copy()
-    audio[-RATE // 100 :] *= np.linspace(1, 0, RATE // 100)
-    return audio
-
-
 async def coughs_over_a_reply(server: Any, n: int = 3) -> str:
     """Bursts of 150 ms during an echo: how many stopped it (each in its own session)."""
     stopped = 0
@@ -204,7 +197,7 @@ async def coughs_over_a_reply(server: Any, n: int = 3) -> str:
             _, ended = await client.mic.say(speech("one two three four five six seven eight nine ten"))
             await wait_for(lambda c=client, e=ended: c.reply_audio(e), 5)
             await asyncio.sleep(0.5)
-            await client.mic.say(cough())
+            await client.mic.say(burst())
             await asyncio.sleep(0.8)
             stopped += any(r.get("type") == "interrupted" for r in reports)
         finally:

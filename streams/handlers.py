@@ -80,10 +80,6 @@ class Reply:
     queued: int = 0  # output samples handed to the queue so far
     started_at_s: float | None = None  # the session's output clock when its first sample went out
 
-    @property
-    def text(self) -> str:
-        return " ".join(text for text, _, _ in self.segments)
-
 
 @dataclass
 class VideoStreamHandler:

@@ -15,9 +15,10 @@ anyway after `max_silence_ms`. `detector="vad"` ends every turn after `silence_m
 
 Barge-in: speech over a reply is `SpeechStarted` after `start_ms` (96 ms), but a reply stops only
 at `SpeechConfirmed`, after `interrupt_ms` of speech: Silero scores voiced bursts as speech too
-(0.9+), and on 24 bursts of 150 ms cut from Piper and espeak-ng words it counted at most 6 windows
-(192 ms) of speech, against 7-8 for 200 ms ones. So a cough, a click or a short "mm" does not stop the
-reply; "stop please" does, ~130 ms later than it would on onset alone.
+(0.9+), and on 12 bursts of 150 ms cut from 6 words in Piper and espeak-ng voices it counted at most
+6 windows (192 ms) of speech, against 7-8 for 200 ms ones. So a cough, a click or a short "mm" does not
+stop the reply; "stop please" does, ~200 ms later than on onset alone (bench/turns.py: 341-346 ms
+from its start to the last reply audio, against 131-151 ms before).
 
 Why the model is first asked after 256 ms and not sooner: pauses at commas and between sentences
 last 190-320 ms (Piper and espeak-ng), and the model calls many of the phrases before them

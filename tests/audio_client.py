@@ -81,6 +81,14 @@ def say(text: str, voice: str = "piper", rate: int = RATE) -> np.ndarray:
     return speech(text, rate=rate) if voice == "espeak" else piper_speech(text, rate=rate)
 
 
+def burst(text: str = "yeah", ms: int = 150, rate: int = RATE, voice: str = "espeak") -> np.ndarray:
+    """A short voiced burst (the start of a word, faded out), like a cough or an "mm": Silero scores
+    it as speech."""
+    audio = say(text, voice=voice, rate=rate)[: rate * ms // 1000].copy()
+    audio[-rate // 100 :] *= np.linspace(1, 0, rate // 100)
+    return audio
+
+
 def loudest_frame_rms(audio: np.ndarray, rate: int = RATE) -> float:
     """The highest RMS over 20 ms frames: what an echo of `audio` should come back near (not clipped)."""
     frame = rate // 50

@@ -26,7 +26,7 @@ from streams.handlers import AUDIO_GAP_S, ReplyOnPause, Spoken, default_vad, hea
 from streams.smart_turn import SmartTurn
 from streams.turns import PauseDetected, SpeechConfirmed, SpeechStarted, TurnDetector, TurnEnded, TurnSettings
 from streams.vad import SAMPLE_RATE
-from tests.audio_client import ChatClient, say
+from tests.audio_client import ChatClient, burst, say
 from tests.server_process import ServerProcess
 from tests.test_chat_ws import ws_url
 from tests.ws_client import AudioSocketClient
@@ -116,13 +116,6 @@ def greeted(out: Outputs) -> bool:
     """The greeting has been spoken and has finished playing (it may have started before the
     outputs were subscribed to)."""
     return out.states()[-2:] == ["speaking", "listening"]
-
-
-def burst(text: str = "yeah", ms: int = 150, rate: int = 48_000, voice: str = "espeak") -> np.ndarray:
-    """A short voiced burst (the start of a word, faded out): Silero scores it as speech."""
-    audio = say(text, voice=voice, rate=rate)[: rate * ms // 1000].copy()
-    audio[-rate // 100 :] *= np.linspace(1, 0, rate // 100)
-    return audio
 
 
 # ---- end to end ----
