@@ -138,9 +138,37 @@ class Settings(BaseSettings):
     generate_default_fps: float | None = Field(None, ge=1, le=60, description="None: the source's own rate")
     generate_default_source: str = "pattern"
     generate_pattern_fps: float = Field(30.0, ge=1, le=60)
-    generate_video_path: Path | None = Field(
-        None, description="video file for source=file; None: rendered clip"
+    generate_video_path: str | None = Field(
+        None,
+        max_length=2048,
+        description="video behind source=file: a path, or a URL (http, https, rtsp, rtmp, HLS) kept as "
+        "written; None: a rendered clip",
     )
+
+    # --- server-side video sources for /video (upload, URL, media folder) ---
+    media_url_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated shell patterns a session's source URL must match, e.g. "
+        "rtsp://cams.example.com/*; empty: no URL sources (the server cannot be pointed anywhere)",
+    )
+    media_dir: Path | None = Field(
+        None, description="folder whose video files sessions may play (listed at GET /video/media)"
+    )
+    upload_max_bytes: int = Field(
+        200 * 1024 * 1024, ge=1024, description="largest video a session may upload (POST /video/upload)"
+    )
+    uploads: bool = Field(True, description="allow POST /video/upload (a session's own video file)")
+
+    # --- tracking and recording ---
+    video_tracking: bool = Field(
+        True, description="carry detection boxes forward to the current frame between detector runs"
+    )
+    record: bool = Field(False, description="record every session (what the client sent, what it got)")
+    record_dir: Path = Field(Path("recordings"), description="where recordings are written")
+    record_max_bytes: int = Field(
+        1024 * 1024 * 1024, ge=1024 * 1024, description="a session's recording stops at this size"
+    )
+    record_max_s: float = Field(3600.0, gt=0, description="a session's recording stops after this long")
 
     # --- chat stream ---
     chat_concurrency_limit: int = Field(8, ge=1)
@@ -195,6 +223,7 @@ class Settings(BaseSettings):
         "allowed_hosts",
         "turn_urls",
         "builtin_streams",
+        "media_url_allow",
         mode="before",
     )
     @classmethod

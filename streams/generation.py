@@ -96,11 +96,11 @@ class TestPattern:
 class VideoFileSource:
     """A video file read with OpenCV, looping at the end, resized to the session's size."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path | str) -> None:
+        self.path = path  # a URL stays as written (a Path would turn "https://" into "https:/")
         self.capture = cv2.VideoCapture(str(path))
         if not self.capture.isOpened():
-            raise FileNotFoundError(f"cannot open video file {path}")
+            raise FileNotFoundError(f"cannot open video {path}")
         fps = self.capture.get(cv2.CAP_PROP_FPS)
         self.native_fps = float(fps) if 1 <= fps <= 120 else 25.0
 
@@ -110,7 +110,7 @@ class VideoFileSource:
             self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, img = self.capture.read()
             if not ok:
-                raise RuntimeError(f"{self.path.name} has no readable frames")
+                raise RuntimeError(f"{self.path} has no readable frames")
         if img.shape[1] != width or img.shape[0] != height:
             img = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
         return img
@@ -218,7 +218,7 @@ def create_generate_stream(
     *,
     default_fps: float | None,
     default_source: str,
-    video_path: Path,
+    video_path: Path | str,
     pattern_fps: float,
     concurrency_limit: int,
     time_limit: float | None,
