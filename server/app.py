@@ -111,6 +111,7 @@ def _build_video(
     """/video: the webcam through the filters and the detector (loaded here)."""
     from streams.detection import Detector
     from streams.filters import FILTERS
+    from streams.sources import SourcePolicy
     from streams.video import create_video_stream
 
     detector = Detector(
@@ -131,6 +132,13 @@ def _build_video(
         server_rtc_configuration=ice.server_configuration,
         filters=dict(video_filters) if video_filters is not None else dict(FILTERS),
         report_hz=settings.video_report_hz,
+        tracking=settings.video_tracking,
+        sources=SourcePolicy(
+            url_allow=tuple(settings.media_url_allow),
+            media_dir=settings.media_dir,
+            uploads=settings.uploads,
+            upload_max_bytes=settings.upload_max_bytes,
+        ),
     )
     return video, detector, detect_executor
 
@@ -278,7 +286,9 @@ def serve_streams(
         app.state.metrics.count_refusal,
     )
     app.state.guard = guard
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(  # uploads are streamed to disk by their route, against UPLOAD_MAX_BYTES
+        BodySizeLimit, max_bytes=settings.max_body_bytes, streamed=lambda path: path.endswith("/upload")
+    )
     if settings.allowed_origins:  # pages on these origins may call the API (preflight included)
         app.add_middleware(
             CORSMiddleware,

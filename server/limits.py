@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,12 +34,13 @@ def _refusal_body(limit: int) -> bytes:
 class BodySizeLimit:
     """Pure ASGI middleware: 413 for bodies over `max_bytes`, by header or by counting."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, streamed: Callable[[str], bool] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.streamed = streamed  # paths whose route reads the body as a stream, with its own cap
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (self.streamed is not None and self.streamed(scope["path"])):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])

@@ -39,8 +39,9 @@ def client_key(conn: HTTPConnection) -> str:
     return conn.client.host if conn.client else "unknown"
 
 
-def check_offer_sdp(sdp: str | None, modality: str, mode: str) -> str | None:
-    """A reason to refuse this SDP, or None. aiortc would raise (stock: HTTP 500) on most of these."""
+def check_offer_sdp(sdp: str | None, modality: str, mode: str, receive_only_ok: bool = False) -> str | None:
+    """A reason to refuse this SDP, or None. aiortc would raise (stock: HTTP 500) on most of these.
+    `receive_only_ok`: a send-receive stream with server-side sources also takes a recvonly offer."""
     if not sdp or not sdp.strip():
         return "the offer has no SDP"
     sections = sdp.count("\nm=") + sdp.startswith("m=")
@@ -62,6 +63,8 @@ def check_offer_sdp(sdp: str | None, modality: str, mode: str) -> str | None:
     media = [m for m in parsed.media if m.kind != "application"]
     if not media:
         return f"the offer has no {modality} track"
+    if mode == "send-receive" and receive_only_ok:
+        mode = "receive"  # the video may come from the server's own source instead of the client
     if mode == "send-receive" and not any(m.direction in (None, "sendrecv") for m in media):
         return f"this stream sends and receives {modality}; the offer must do both (sendrecv)"
     if mode == "receive" and not any(m.direction in (None, "sendrecv", "recvonly") for m in media):
@@ -89,7 +92,7 @@ def make_offer_route(
         if body.type == "ice-candidate":
             return await candidate(body, client_key(request))
         try:
-            problem = check_offer_sdp(body.sdp, stream.modality, stream.mode)
+            problem = check_offer_sdp(body.sdp, stream.modality, stream.mode, stream.sources is not None)
             if problem:
                 logger.info("session %s: %s offer refused: %s", body.webrtc_id, name, problem)
                 raise Refusal(400, "invalid_sdp", problem)

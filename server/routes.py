@@ -20,6 +20,7 @@ from server.limits import RateLimiter
 from server.offers import SESSION_ID_PATTERN, OfferBody, client_key, make_offer_route
 from server.phone import make_incoming_call_route
 from server.socket_protocols import FastrtcSocket, TwilioSocket
+from server.uploads import mount_source_routes
 from streams.stream import Stream
 
 logger = logging.getLogger(__name__)
@@ -202,6 +203,8 @@ def mount_stream(app: FastAPI, stream: Stream, guard: SessionGuard) -> None:
 
     if stream.modality == "audio":
         _mount_audio_transports(router, stream, name, app.state.settings, guard)
+    if stream.sources is not None:
+        mount_source_routes(router, stream, name, app.state.settings, guard)
 
     app.include_router(router)
     app.state.streams[name] = stream

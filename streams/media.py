@@ -19,6 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import av
@@ -34,6 +35,7 @@ from streams.runtime import (
     PacedVideoTrack,
     QueuedFrameTrack,
 )
+from streams.sources import SourceFeed, SourceInfo, without_credentials
 from streams.vad import resample
 
 MAX_UNPLAYED_MARKS = 256
@@ -148,7 +150,10 @@ def within_limit(frame: av.VideoFrame, max_pixels: int | None) -> av.VideoFrame:
 
 
 class VideoProcessMedia:
-    """Send-receive (and send) video: one incoming frame -> the handler -> one outgoing frame."""
+    """Send-receive (and send) video: one incoming frame -> the handler -> one outgoing frame.
+
+    With `Stream(sources=...)` the incoming frames may instead come from a server-side source (an
+    upload, a URL, a media file) chosen by the live `source` input; see `streams.sources`."""
 
     def __init__(self, session: Session, spec: VideoStreamHandler) -> None:
         self.session = session
@@ -157,17 +162,23 @@ class VideoProcessMedia:
         self.args = session.stream.inputs.args(session.inputs)
         self.report_error = _ErrorReporter(session, "processing")
         self.track: LatestFrameTrack | QueuedFrameTrack | None = None
+        self.feed: SourceFeed | None = None
+        self.upload: Path | None = None  # this session's uploaded video (deleted when it ends)
+        self.upload_info: SourceInfo | None = None
+        self._source_key: tuple[str, str | None] = ("camera", None)
+        self._seek_requested = False
 
     def outgoing_tracks(self, incoming: list[MediaStreamTrack]) -> list[MediaStreamTrack]:
         video = [t for t in incoming if t.kind == "video"]
-        if not video:
-            raise ValueError("the offer sends no video")
         s = self.session
+        if not video and (s.stream.sources is None or s.stream.mode == "send"):
+            raise ValueError("the offer sends no video")
+        camera = video[0] if video else None  # none: a receive-only offer, waiting for a source
         common = dict(session_id=s.id, worker=s.worker, observer=s.stream.observer)
         if self.spec.skip_frames:
-            self.track = LatestFrameTrack(video[0], self.process, **common)
+            self.track = LatestFrameTrack(camera, self.process, **common)
         else:
-            self.track = QueuedFrameTrack(video[0], self.process, maxsize=self.spec.queue_size, **common)
+            self.track = QueuedFrameTrack(camera, self.process, maxsize=self.spec.queue_size, **common)
         s.tracks.append(self.track)
         if s.stream.mode == "send":  # nothing goes back: pull frames through the handler ourselves
             return []
@@ -188,8 +199,88 @@ class VideoProcessMedia:
             except MediaStreamError:
                 return
 
+    # ---- server-side sources ----
+    def check_inputs(self, values: dict[str, Any], changes: dict[str, Any]) -> None:
+        """A source the stream allows and this session can play; ValueError (a 422) says why not."""
+        policy = self.session.stream.sources
+        if policy is None:
+            return
+        name = self.session.stream.name or "stream"
+        source = values["source"]
+        if source == "url":
+            if not values.get("url"):
+                raise ValueError("source url: give the address as `url`")
+            policy.check_url(values["url"])
+        elif source == "file":
+            policy.resolve_file(values.get("file") or "")
+        elif source == "upload" and self.upload is None:
+            raise ValueError(f"source upload: upload a video first (POST /{name}/upload?webrtc_id=...)")
+        elif (
+            source == "camera"
+            and "source" in changes
+            and self.track is not None
+            and self.track.source is None
+        ):
+            raise ValueError("source camera: this session's offer sends no video")
+        self._seek_requested = changes.get("seek") is not None
+
     def inputs_changed(self, values: dict[str, Any]) -> None:
         self.args = self.session.stream.inputs.args(values)
+        if self.session.stream.sources is not None:
+            self._apply_source(values)
+
+    def _apply_source(self, values: dict[str, Any]) -> None:
+        policy, track = self.session.stream.sources, self.track
+        if policy is None or track is None:
+            return
+        source = values["source"]
+        if source == "url":
+            target, shown = values["url"], without_credentials(values["url"])
+        elif source == "file":
+            target, shown = str(policy.resolve_file(values["file"])), f"file:{values['file']}"
+        elif source == "upload" and self.upload is not None:
+            target, shown = str(self.upload), "upload"
+        else:
+            target, shown = None, "camera"
+        key = (source, target)
+        if key != self._source_key:
+            self._source_key = key
+            self._close_feed()
+            if target is None:
+                track.use("camera")
+            else:
+                track.use("server")
+                loop = asyncio.get_running_loop()
+                self.feed = SourceFeed(
+                    target,
+                    name=shown,
+                    deliver=lambda frame: track.offer_frame(frame, "server"),
+                    schedule=loop.call_soon_threadsafe,
+                    report=self.session.publish,
+                    fps=lambda: self.session.inputs.get("fps"),
+                    looping=lambda: bool(self.session.inputs.get("loop", True)),
+                    session_id=self.session.id,
+                )
+                self.feed.start()
+            logger.info("session %s: video source %s", self.session.id, shown)
+        if self._seek_requested and self.feed is not None:
+            self.feed.seek(float(values["seek"]))
+            self._seek_requested = False
+
+    def set_upload(self, path: Path, info: SourceInfo) -> Path | None:
+        """Make `path` (probed: a video) this session's upload; returns the replaced upload's path
+        for the caller to delete (the feed playing it is closed first)."""
+        old = self.upload
+        if old is not None and self._source_key[1] == str(old):
+            self._close_feed()
+            self._source_key = ("upload", None)
+        self.upload, self.upload_info = path, info
+        return old
+
+    def _close_feed(self) -> None:
+        feed, self.feed = self.feed, None
+        if feed is not None:
+            feed.close()
 
     def process(self, frame: av.VideoFrame) -> av.VideoFrame | None:
         """In the session's worker thread."""
@@ -217,6 +308,9 @@ class VideoProcessMedia:
         return result
 
     def close(self) -> None:
+        self._close_feed()
+        if self.upload is not None:
+            self.upload.unlink(missing_ok=True)  # the feed's thread may still hold it open: fine on POSIX
         if self.fn is not self.spec.callable:
             _close_handler(self.fn)
 

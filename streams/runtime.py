@@ -240,13 +240,21 @@ class SessionTrack(MediaStreamTrack):
 
 class _IncomingVideoTrack(SessionTrack):
     """Shared by the send-receive video tracks: a pump drains the incoming track as frames arrive,
-    so a client that never asks for output cannot make aiortc's receiver queue grow."""
+    so a client that never asks for output cannot make aiortc's receiver queue grow.
 
-    def __init__(self, source: MediaStreamTrack, process: FrameProcessor, session_id: str, worker: Worker,
-                 observer: StreamObserver | None = None) -> None:  # fmt: skip
+    Frames come from the client's camera or from a server-side source (`streams.sources`), whichever
+    is active (`use`); both go through `offer_frame`, so the same newest-frame (or bounded) rule
+    holds for every source. A camera that is not in use is still drained, and its frames dropped.
+    `on_frame` sees every frame the active source delivers (recording hooks in there).
+    """
+
+    def __init__(self, source: MediaStreamTrack | None, process: FrameProcessor, session_id: str,
+                 worker: Worker, observer: StreamObserver | None = None) -> None:  # fmt: skip
         super().__init__(session_id, worker, observer)
-        self.source = source
+        self.source = source  # the client's camera; None when the offer sends no video
         self.process = process
+        self.origin = "camera"  # or "server": which source's frames are processed
+        self.on_frame: Callable[[av.VideoFrame, str], None] | None = None
         self.frames_in = 0
         self.frames_dropped = 0
         self._fresh = asyncio.Event()
@@ -259,14 +267,32 @@ class _IncomingVideoTrack(SessionTrack):
     def _take(self) -> tuple[av.VideoFrame, float] | None:
         raise NotImplementedError
 
+    def _clear(self) -> None:
+        raise NotImplementedError
+
+    def use(self, origin: str) -> None:
+        """Process frames from `origin` ("camera" or "server") from now on; queued ones are dropped."""
+        if origin != self.origin:
+            self.origin = origin
+            self._clear()
+
+    def offer_frame(self, frame: av.VideoFrame, origin: str = "camera") -> None:
+        """On the event loop: a frame from `origin`, kept if that source is the active one."""
+        if origin != self.origin or self.readyState != "live":
+            return
+        self.frames_in += 1
+        self.observer.frame_received()
+        if self.on_frame is not None:
+            self.on_frame(frame, origin)
+        self._accept(frame)
+        self._fresh.set()
+
     async def _pump(self) -> None:
+        if self.source is None:
+            return
         try:
             while True:
-                frame = await self.source.recv()
-                self.frames_in += 1
-                self.observer.frame_received()
-                self._accept(frame)
-                self._fresh.set()
+                self.offer_frame(await self.source.recv(), "camera")
         except MediaStreamError:
             pass
         except Exception:
@@ -290,7 +316,7 @@ class _IncomingVideoTrack(SessionTrack):
                 raise MediaStreamError
             taken = self._take()
             if taken is None:
-                if self._source_ended:
+                if self._source_ended and self.origin == "camera":
                     self.stop()
                     raise MediaStreamError
                 self._fresh.clear()
@@ -313,7 +339,8 @@ class _IncomingVideoTrack(SessionTrack):
         self._fresh.set()
         if self._pump_task is not None:
             self._pump_task.cancel()
-        self.source.stop()
+        if self.source is not None:
+            self.source.stop()
         super().stop()
 
 
@@ -336,6 +363,9 @@ class LatestFrameTrack(_IncomingVideoTrack):
         taken, self._latest = self._latest, None
         return taken
 
+    def _clear(self) -> None:
+        self._latest = None
+
 
 class QueuedFrameTrack(_IncomingVideoTrack):
     """Processes every frame through a small bounded queue (`skip_frames=False`); when the handler
@@ -354,6 +384,9 @@ class QueuedFrameTrack(_IncomingVideoTrack):
 
     def _take(self) -> tuple[av.VideoFrame, float] | None:
         return self._queue.popleft() if self._queue else None
+
+    def _clear(self) -> None:
+        self._queue.clear()
 
 
 # A frame producer: stream time in seconds -> the next frame (None: nothing this time).

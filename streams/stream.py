@@ -41,6 +41,7 @@ from streams.media import AudioHandlerMedia, AudioVideoMedia, VideoGenerateMedia
 from streams.runtime import OfferRejected, SessionBudget, StreamObserver
 from streams.sdp import ask_for_opus_dtx
 from streams.session import Media, Session
+from streams.sources import SourcePolicy, source_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class Stream:
         ui_args: dict[str, Any] | None = None,
         verbose: bool = True,
         name: str | None = None,
+        sources: SourcePolicy | None = None,
         **ignored: Any,
     ) -> None:
         if modality not in ("video", "audio", "audio-video"):
@@ -138,6 +140,9 @@ class Stream:
         self.early_candidates = EarlyCandidates()  # trickled before their offer
         self.peer_policy = PeerPolicy()  # remote candidate addresses checked at all (server sets it)
         self.handler = handler
+        if sources is not None and (modality != "video" or mode != "send-receive"):
+            raise UnsupportedHandler("server-side sources are for send-receive video streams")
+        self.sources = sources  # uploads, URLs, media files besides the camera (streams.sources)
         self._media_factory, self.inputs = self._plan(handler)
 
     def __repr__(self) -> str:
@@ -175,7 +180,12 @@ class Stream:
                 spec = build_inputs(names, components, defaults, hints, extra={"fps": fps_field})
                 return (lambda s: VideoGenerateMedia(s, handler)), spec
             names, defaults, hints = parameters_after_first(handler.callable, skip=1)
-            spec = build_inputs(names, components, defaults, hints)
+            extra = source_inputs() if self.sources is not None else None
+            taken = sorted(set(names) & set(extra or {}))
+            if taken:
+                raise UnsupportedHandler(f"with sources, the inputs {', '.join(taken)} belong to the server: "
+                                         "rename the handler's parameters")  # fmt: skip
+            spec = build_inputs(names, components, defaults, hints, extra=extra)
             return (lambda s: VideoProcessMedia(s, handler)), spec
         if not isinstance(handler, adapter.StreamHandlerBase):
             if self.modality == "audio" and callable(handler):
@@ -425,11 +435,14 @@ class Stream:
         values = self.inputs.validate(session.inputs, changes)
         handler = getattr(session.media, "handler", None)
         check = getattr(handler, "check_inputs", None)  # extension: a handler's own rules (e.g. availability)
-        if callable(check):
-            try:
+        check_media = getattr(session.media, "check_inputs", None)  # the runtime's (e.g. a source's URL)
+        try:
+            if callable(check):
                 check(values)
-            except ValueError as exc:
-                raise InvalidInput(str(exc)) from exc
+            if callable(check_media):
+                check_media(values, changes)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from exc
         session.inputs = values
         if session.media is not None:
             session.media.inputs_changed(values)

@@ -248,6 +248,8 @@ class ReceiveClient:
     token: str | None = None
     frames: list[tuple[float, int, int]] = field(default_factory=list)  # (arrival, counter, width)
     messages: list[dict[str, Any]] = field(default_factory=list)  # data-channel JSON
+    keep_last: bool = False
+    last_frame: np.ndarray | None = None  # BGR, with keep_last
 
     async def connect(self, timeout: float = 15.0) -> None:
         pin_loopback()
@@ -272,6 +274,8 @@ class ReceiveClient:
             while True:
                 frame = await track.recv()
                 gray = frame.to_ndarray(format="gray")
+                if self.keep_last:
+                    self.last_frame = frame.to_ndarray(format="bgr24")
                 self.frames.append((time.monotonic(), decode_counter(gray), frame.width))
         except MediaStreamError:
             return

@@ -120,7 +120,9 @@ async def test_input_and_outputs_validate_ids_and_values(http, test_server):
         assert_refusal(await client.set_input(colour="red"), 422, "invalid_input", "colour")
         ok = await client.set_input(filter="gray", conf_threshold=0.5)
         assert ok.status_code == 200 and ok.json()["params"] == {
-            "filter": "gray", "detect": False, "conf_threshold": 0.5
+            "filter": "gray", "detect": False, "conf_threshold": 0.5,
+            # the server-side source's inputs (streams.sources): the camera until told otherwise
+            "source": "camera", "url": None, "file": None, "fps": None, "loop": True, "seek": None,
         }  # fmt: skip
     finally:
         await client.close()
