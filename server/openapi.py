@@ -172,6 +172,16 @@ OUTPUTS = (
     _media("unknown_connection", "no live session with this webrtc_id on this stream"),
     _media("too_many_listeners", "the session's outputs already have their most listeners (4)"),
 )
+UPLOAD = (
+    _media("unknown_connection", "no live session with this webrtc_id on this stream"),
+    Code(403, "uploads_disabled", "UPLOADS=false"),
+    Code(409, "upload_in_progress", "this session is already uploading"),
+    Code(413, "too_large", "the upload is larger than UPLOAD_MAX_BYTES (counted while it streams to disk)"),
+    Code(415, "unsupported_media_type", "the body is not multipart/form-data"),
+    Code(415, "not_a_video", "FFmpeg finds no video stream or cannot decode a frame; the file is deleted"),
+    Code(400, "invalid_upload", "no `file` field, or the multipart body cannot be parsed"),
+    Code(400, "upload_incomplete", "the client left before the upload finished"),
+)
 READY = (
     Code(503, "shutting_down", "the server is draining"),
     Code(503, "loading", "a model is still loading"),
@@ -194,6 +204,7 @@ REFUSALS_BY_CALLABLE: dict[str, tuple[Code, ...]] = {
     "server.offers:make_offer_route.<locals>.offer": OFFER,
     "server.routes:mount_stream.<locals>.set_input": INPUT,
     "server.routes:mount_stream.<locals>.outputs": OUTPUTS,
+    "server.uploads:mount_source_routes.<locals>.upload": UPLOAD,
     "server.app:serve_streams.<locals>.readyz": READY,
     "server.app:serve_streams.<locals>.issue_rate": RATE,
     "server.app:serve_streams.<locals>.rtc_config": (

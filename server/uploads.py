@@ -136,7 +136,9 @@ def mount_source_routes(router: APIRouter, stream: Stream, name: str, settings: 
     checked_query = Depends(guard.for_query(name))
     busy: set[str] = set()  # sessions with an upload in progress: one at a time each
 
-    @router.post("/upload", name=f"{name}_upload")
+    @router.post("/upload", name=f"{name}_upload", openapi_extra={"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": [UPLOAD_FIELD], "properties": {
+            UPLOAD_FIELD: {"type": "string", "format": "binary", "description": "the video"}}}}}}})  # fmt: skip
     async def upload(request: Request, webrtc_id: str = checked_query) -> Any:
         """Upload a video (multipart field `file`) for this session, then play it (`source=upload`)."""
         if not policy.uploads:

@@ -158,6 +158,9 @@ REFUSALS = [
      {"json": {"webrtc_id": "nobody", "pad": "x" * 70_000}}, 413, "body_too_large"),
     ("GET", "/video/outputs", "/video/outputs?webrtc_id=nobody", {}, 404, "unknown_connection"),
     ("GET", "/chat/outputs", "/chat/outputs", {}, 422, "invalid_request"),
+    ("POST", "/video/upload", "/video/upload?webrtc_id=nobody",
+     {"files": {"file": ("a.mp4", b"x", "video/mp4")}}, 404, "unknown_connection"),
+    ("GET", "/video/media", "/video/media", {}, 422, "invalid_request"),
 ]  # fmt: skip
 
 
