@@ -173,6 +173,27 @@ def probe(path: Path | str) -> SourceInfo:
         raise SourceRefused(f"not a video FFmpeg can decode: {str(exc)[:200]}") from exc
 
 
+# What FFmpeg may open for each kind of URL: an HLS playlist at an allowed address must not make it
+# read local files (`file:`, `concat:`, `subfile:`...) through its segment list.
+PROTOCOLS = {
+    "http": "http,https,tcp,tls,crypto", "https": "http,https,tcp,tls,crypto",
+    "rtsp": "rtsp,rtsps,rtp,srtp,udp,tcp,tls", "rtsps": "rtsp,rtsps,rtp,srtp,udp,tcp,tls",
+    "rtmp": "rtmp,rtmps,rtmpt,rtmpts,tcp,tls", "rtmps": "rtmp,rtmps,rtmpt,rtmpts,tcp,tls",
+}  # fmt: skip
+
+
+def ffmpeg_options(target: str) -> dict[str, str]:
+    """FFmpeg options for opening `target`: URLs keep to their own protocols, RTSP goes over TCP
+    (no UDP ports to open through a firewall, no loss)."""
+    scheme = urlsplit(target).scheme.lower() if "://" in target else ""
+    options: dict[str, str] = {}
+    if scheme in PROTOCOLS:
+        options["protocol_whitelist"] = PROTOCOLS[scheme]
+    if scheme in ("rtsp", "rtsps"):
+        options["rtsp_transport"] = "tcp"
+    return options
+
+
 class SourceFeed:
     """Decodes one source in a thread and hands the newest frame to `deliver` (called on the event
     loop through `schedule`, at most one hand-over pending, so nothing queues).
@@ -242,8 +263,8 @@ class SourceFeed:
 
     def _play_once(self) -> bool:
         """Play the source to its end; True to play it again (looping)."""
-        options = {"rtsp_transport": "tcp"} if self.target.lower().startswith("rtsp") else {}
-        with av.open(self.target, options=options, timeout=(OPEN_TIMEOUT_S, READ_TIMEOUT_S)) as container:
+        with av.open(self.target, options=ffmpeg_options(self.target),
+                     timeout=(OPEN_TIMEOUT_S, READ_TIMEOUT_S)) as container:  # fmt: skip
             if not container.streams.video:
                 raise SourceRefused("the source has no video stream")
             stream = container.streams.video[0]
