@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
-APT_PACKAGES := chromium coturn espeak-ng sox nginx strace
+APT_PACKAGES := chromium coturn espeak-ng sox nginx strace python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
 
 .PHONY: run test lint bench system-deps docker-daemon docker-base docker docker-gpu gpu clean
 
@@ -21,7 +21,7 @@ $(VENV)/.dev-installed: pyproject.toml $(VENV)/.run-installed
 run: $(VENV)/.run-installed
 	$(PYTHON) -m server --host $(HOST) --port $(PORT)
 
-# Debian packages the tests drive for real (browser, TURN server, speech, proxy, network audit); installed when we are root.
+# Debian packages the tests drive for real (browser, TURN server, speech, proxy, network audit, RTSP server); installed when we are root.
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
@@ -30,6 +30,7 @@ system-deps:
 	command -v sox >/dev/null || missing="$$missing sox"; \
 	command -v nginx >/dev/null || test -x /usr/sbin/nginx || missing="$$missing nginx"; \
 	command -v strace >/dev/null || missing="$$missing strace"; \
+	/usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0")' 2>/dev/null || missing="$$missing gst-rtsp-server"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "installing:$$missing"; \

@@ -94,20 +94,44 @@ class TestPattern:
 
 
 class VideoFileSource:
-    """A video file read with OpenCV, looping at the end, resized to the session's size."""
+    """A video file or URL read with OpenCV, looping at the end, resized to the session's size.
+
+    A URL is opened with timeouts (a source that stops sending must not hold the worker for
+    OpenCV's 30 s default) and, at its end, opened again: rewinding an RTSP stream with
+    `CAP_PROP_POS_FRAMES` replays it once, then every read blocks until the timeout (measured)."""
+
+    OPEN_TIMEOUT_MS = 10_000
+    READ_TIMEOUT_MS = 5_000
 
     def __init__(self, path: Path | str) -> None:
         self.path = path  # a URL stays as written (a Path would turn "https://" into "https:/")
-        self.capture = cv2.VideoCapture(str(path))
-        if not self.capture.isOpened():
-            raise FileNotFoundError(f"cannot open video {path}")
+        self.is_url = "://" in str(path)
+        self.capture = self._open()
         fps = self.capture.get(cv2.CAP_PROP_FPS)
         self.native_fps = float(fps) if 1 <= fps <= 120 else 25.0
+
+    def _open(self) -> cv2.VideoCapture:
+        if self.is_url:
+            timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.OPEN_TIMEOUT_MS,
+                        cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.READ_TIMEOUT_MS]  # fmt: skip
+            capture = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG, timeouts)
+        else:
+            capture = cv2.VideoCapture(str(self.path))
+        if not capture.isOpened():
+            raise FileNotFoundError(f"cannot open video {self.path}")
+        return capture
+
+    def _rewind(self) -> None:
+        if self.is_url:
+            self.capture.release()
+            self.capture = self._open()
+        else:
+            self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
 
     def frame(self, index: int, width: int, height: int, target_fps: float) -> np.ndarray:
         ok, img = self.capture.read()
         if not ok:  # end of file: loop
-            self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            self._rewind()
             ok, img = self.capture.read()
             if not ok:
                 raise RuntimeError(f"{self.path} has no readable frames")

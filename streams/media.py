@@ -167,6 +167,7 @@ class VideoProcessMedia:
         self.upload_info: SourceInfo | None = None
         self._source_key: tuple[str, str | None] = ("camera", None)
         self._seek_requested = False
+        self._source_requested = False
 
     def outgoing_tracks(self, incoming: list[MediaStreamTrack]) -> list[MediaStreamTrack]:
         video = [t for t in incoming if t.kind == "video"]
@@ -180,6 +181,8 @@ class VideoProcessMedia:
         else:
             self.track = QueuedFrameTrack(camera, self.process, maxsize=self.spec.queue_size, **common)
         s.tracks.append(self.track)
+        if s.recorder:
+            s.recorder.attach(self.track)
         if s.stream.mode == "send":  # nothing goes back: pull frames through the handler ourselves
             return []
         return [self.track]
@@ -223,6 +226,7 @@ class VideoProcessMedia:
         ):
             raise ValueError("source camera: this session's offer sends no video")
         self._seek_requested = changes.get("seek") is not None
+        self._source_requested = bool({"source", "url", "file"} & changes.keys())
 
     def inputs_changed(self, values: dict[str, Any]) -> None:
         self.args = self.session.stream.inputs.args(values)
@@ -243,7 +247,8 @@ class VideoProcessMedia:
         else:
             target, shown = None, "camera"
         key = (source, target)
-        if key != self._source_key:
+        ended = self.feed is not None and self.feed.ended
+        if key != self._source_key or (ended and (self._source_requested or self._seek_requested)):
             self._source_key = key
             self._close_feed()
             if target is None:
@@ -341,6 +346,8 @@ class VideoGenerateMedia:
         s = self.session
         track = PacedVideoTrack(self.produce, lambda: self.fps, s.id, s.worker, s.stream.observer)
         s.tracks.append(track)
+        if s.recorder:
+            s.recorder.attach(track)
         return [track]
 
     async def start(self) -> None:
@@ -577,6 +584,8 @@ class AudioHandlerMedia:
         if s.stream.mode == "send-receive":
             self.out_track = PacedAudioTrack(self.handler.output_sample_rate)
             s.tracks.append(self.out_track)
+            if s.recorder:
+                s.recorder.attach(self.out_track)
             tracks.append(self.out_track)
         return tracks
 
@@ -707,6 +716,8 @@ class AudioHandlerMedia:
     # ---- any transport ----
     async def receive(self, rate: int, samples: np.ndarray) -> None:
         """int16 (or float) mono samples at `rate`, in the handler's input rate and shape."""
+        if self.session.recorder:
+            self.session.recorder.audio_in(rate, samples)
         want = self.handler.input_sample_rate
         if rate != want:
             samples = _resample_int16(samples, rate, want)
@@ -740,8 +751,10 @@ class AudioHandlerMedia:
         _handle_side_output(self.session, extra)
         if audio is None:
             return None
-        rate, samples = audio[0], audio[1]
-        return int(rate), _to_mono_int16(samples)
+        rate, samples = int(audio[0]), _to_mono_int16(audio[1])
+        if self.session.recorder and self.out_track is None:  # WebRTC: recorded as its track sends
+            self.session.recorder.audio_out(rate, samples)
+        return rate, samples
 
     def inputs_changed(self, values: dict[str, Any]) -> None:
         self._apply_inputs(values)
@@ -770,10 +783,14 @@ class AudioVideoMedia(AudioHandlerMedia):
                 video[0], self._video_receive, s.id, s.worker, s.stream.observer
             )
             s.tracks.append(self._video_in)
+            if s.recorder:
+                s.recorder.attach(self._video_in)
             s.create_task(self._pull_video(), "video-in")
         out = PacedVideoTrack(self._video_emit, lambda: float(self.handler.fps or 30), s.id, s.worker,
                               s.stream.observer)  # fmt: skip
         s.tracks.append(out)
+        if s.recorder:
+            s.recorder.attach(out)
         return [*tracks, out]
 
     async def _pull_video(self) -> None:

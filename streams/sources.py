@@ -169,8 +169,9 @@ def probe(path: Path | str) -> SourceInfo:
             )
     except SourceRefused:
         raise
-    except (av.FFmpegError, ValueError, OSError) as exc:
-        raise SourceRefused(f"not a video FFmpeg can decode: {str(exc)[:200]}") from exc
+    except (av.FFmpegError, ValueError, OSError) as exc:  # its text names the server's path: not shown
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise SourceRefused(f"not a video FFmpeg can decode ({reason})") from exc
 
 
 # What FFmpeg may open for each kind of URL: an HLS playlist at an allowed address must not make it
@@ -226,6 +227,7 @@ class SourceFeed:
         self.session_id = session_id
         self.frames = 0
         self.info: SourceInfo | None = None
+        self.ended = False  # played to its end without looping (or failed): a new request restarts it
         self._stop = threading.Event()
         self._seek_to: float | None = None
         self._lock = threading.Lock()
@@ -257,6 +259,7 @@ class SourceFeed:
                 if not self._play_once():
                     break
         except Exception as exc:  # reported, never raised into a thread's void
+            self.ended = True
             message = str(exc)[:200] or type(exc).__name__
             logger.warning("session %s: source %s failed: %s", self.session_id, self.name, message)
             self.report({"type": "source", "state": "error", "source": self.name, "message": message})
@@ -298,6 +301,7 @@ class SourceFeed:
                         deadline = now
                 self._hand_over(frame)
         if live or not self.looping():
+            self.ended = True
             self.report({"type": "source", "state": "ended", "source": self.name, "frames": self.frames})
             return False
         return True
