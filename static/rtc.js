@@ -68,6 +68,44 @@ export async function postInput(stream, id, params) {
 }
 
 /**
+ * The server-side sources of a video stream: {files: [{name, bytes}], urls, uploads, upload_max_bytes}.
+ * Before any session (`id` null) the stored access token is the credential; null when the stream
+ * has no sources or the server wants a token this page does not have yet.
+ */
+export async function listMedia(stream, id) {
+  const url = id ? sessionUrl(`${stream}/media`, id) : `${stream}/media?webrtc_id=page`;
+  const resp = await fetch(url, { headers: id ? {} : authHeaders(accessToken()) });
+  return resp.ok ? resp.json() : null;
+}
+
+/**
+ * Upload `file` (multipart field `file`) to `${stream}/upload` with XMLHttpRequest, which, unlike
+ * fetch, reports upload progress: onProgress(fraction 0..1), onSent() once the last byte is out
+ * (the server then checks the video). Resolves {ok, status, body, message}; `signal` aborts it.
+ */
+export function uploadVideo(stream, id, file, { onProgress, onSent, signal } = {}) {
+  return new Promise((resolve) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", sessionUrl(`${stream}/upload`, id));
+    xhr.responseType = "json";
+    xhr.upload.onprogress = (ev) => { if (ev.lengthComputable) onProgress?.(ev.loaded / ev.total); };
+    xhr.upload.onload = () => { onProgress?.(1); onSent?.(); };
+    xhr.onload = () => {
+      const body = xhr.response; // null when the answer is not JSON
+      const message = body?.message || body?.meta?.error || `HTTP ${xhr.status}`;
+      resolve({ ok: xhr.status >= 200 && xhr.status < 300, status: xhr.status, body, message });
+    };
+    xhr.onerror = () => resolve({ ok: false, status: 0, body: null,
+      message: "the connection broke off during the upload (a proxy's size limit, or the network)" });
+    xhr.onabort = () => resolve({ ok: false, status: 0, body: null, aborted: true, message: "cancelled" });
+    signal?.addEventListener("abort", () => xhr.abort(), { once: true });
+    const form = new FormData();
+    form.append("file", file, file.name);
+    xhr.send(form);
+  });
+}
+
+/**
  * Connect one session. `setup(pc)` adds tracks or transceivers before the offer.
  * Calls onMessage(msg) for data-channel JSON, onState(state) for connection states,
  * onReport(report) for /outputs events. Returns {id, pc, close()} or throws Error(message).
