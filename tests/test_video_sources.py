@@ -5,9 +5,6 @@ behind. Real server process, aiortc client peers, a real HTTP server on loopback
 from __future__ import annotations
 
 import asyncio
-import functools
-import http.server
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +16,7 @@ import numpy as np
 import pytest
 import skimage
 
+from tests.media_servers import HttpMediaServer, RtspMediaServer, rtsp_unavailable
 from tests.rtc_client import ReceiveClient, VideoClient
 from tests.server_process import ServerProcess
 from tests.test_video_rtc import read_sse
@@ -51,26 +49,6 @@ def render_clip(path: Path, *, seconds: float = 2.0, fps: int = 15, size: tuple[
     return path
 
 
-class LoopbackHttp:
-    """Python's HTTP file server on 127.0.0.1 in a thread (no Range support: .mkv streams without it)."""
-
-    def __init__(self, folder: Path) -> None:
-        handler = functools.partial(_QuietHandler, directory=str(folder))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     root = tmp_path_factory.mktemp("sources")
@@ -86,21 +64,30 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
 
 
 @pytest.fixture(scope="module")
-def web(media: dict[str, Path]) -> Iterator[LoopbackHttp]:
-    server = LoopbackHttp(media["web"])
+def web(media: dict[str, Path]) -> Iterator[HttpMediaServer]:
+    server = HttpMediaServer(media["web"]).start()
     yield server
-    server.close()
+    server.stop()
 
 
 @pytest.fixture(scope="module")
-def source_server(media: dict[str, Path], web: LoopbackHttp) -> Iterator[ServerProcess]:
+def rtsp(media: dict[str, Path]) -> Iterator[RtspMediaServer]:
+    if why := rtsp_unavailable():
+        pytest.skip(why)
+    server = RtspMediaServer(media["clip"], mount="/cam").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def source_server(media: dict[str, Path], web: HttpMediaServer) -> Iterator[ServerProcess]:
     """Only /video, with a media folder, one allowed URL pattern, a 3 MB upload cap, and its own
     temporary folder (so the test sees every upload file the server makes)."""
     with ServerProcess(
         env={
             "BUILTIN_STREAMS": "video",
             "MEDIA_DIR": str(media["media"]),
-            "MEDIA_URL_ALLOW": f"http://127.0.0.1:{web.port}/allowed/*",
+            "MEDIA_URL_ALLOW": f"http://127.0.0.1:{web.port}/allowed/*,rtsp://127.0.0.1:*/cam",
             "UPLOAD_MAX_BYTES": str(UPLOAD_MAX_BYTES),
             "TMPDIR": str(media["tmp"]),
         },
@@ -215,6 +202,23 @@ async def test_a_url_source_on_loopback_plays_and_urls_outside_media_url_allow_a
         assert (
             client.last_frame is not None and client.last_frame[2:20, 2:20].mean() > 200
         )  # the clip's marker
+    finally:
+        await client.close()
+
+
+async def test_an_rtsp_url_source_plays_through_the_detector(source_server, rtsp):
+    client = await receive_client(source_server.base_url)
+    try:
+        resp = await client.set_input(source="url", url=rtsp.url, detect=True, conf_threshold=0.4)
+        assert resp.status_code == 200, resp.text
+        events = await read_sse(
+            f"{source_server.base_url}/video/outputs?webrtc_id={client.webrtc_id}", 20,
+            until=lambda e: any(d["label"] == "person" for d in e.get("detections", [])),
+        )  # fmt: skip
+        playing = [e for e in events if e.get("type") == "source" and e.get("state") == "playing"]
+        assert playing and playing[0]["container"] == "rtsp", events[:3]
+        assert any(d["label"] == "person" for e in events for d in e.get("detections", [])), events[-3:]
+        await wait_for(lambda: len(client.frames) >= 10, 15, "frames from the RTSP source")
     finally:
         await client.close()
 
