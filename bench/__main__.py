@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import sys
 
-from bench import detection, generate, memory, scale, slow, summary, turns, video
+from bench import detection, generate, memory, recording, scale, slow, summary, tracking, turns, video
 
 ALL = {
     "detection": detection,
+    "tracking": tracking,
     "video": video,
     "slow": slow,
     "generate": generate,
     "turns": turns,
     "scale": scale,
     "memory": memory,
+    "recording": recording,
 }
 
 

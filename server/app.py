@@ -26,8 +26,9 @@ from server.metrics import Metrics
 from server.openapi import install_api_docs
 from server.routes import SessionGuard, client_key, mount_route_hints, mount_stream, refuse
 from server.shutdown import Drain
-from server.user_streams import check_names
+from server.user_streams import StartupError, check_names
 from streams.candidates import PeerPolicy
+from streams.recording import RecordingPolicy, prepare_dir
 from streams.runtime import SessionBudget
 from streams.stream import Stream
 
@@ -214,6 +215,23 @@ def _build_chat(settings: Settings, ice: IceConfig) -> tuple[Stream, dict[str, A
     return chat, responders
 
 
+def _recording_policy(settings: Settings) -> RecordingPolicy | None:
+    """RECORD's policy, its folder created (0750) and proven writable now: a bad RECORD_DIR stops
+    the server at start, not at the first session."""
+    if not settings.record:
+        return None
+    try:
+        directory = prepare_dir(settings.record_dir.resolve())
+    except OSError as exc:
+        raise StartupError(
+            f"RECORD_DIR={settings.record_dir} is not a writable folder ({exc.strerror or exc}): "
+            "create it for this user, point RECORD_DIR elsewhere, or set RECORD=false"
+        ) from exc
+    logger.info("recording every session to %s (at most %d bytes, %.0f s each)", directory,
+                settings.record_max_bytes, settings.record_max_s)  # fmt: skip
+    return RecordingPolicy(directory, settings.record_max_bytes, settings.record_max_s)
+
+
 def serve_streams(
     app: FastAPI,
     settings: Settings,
@@ -228,6 +246,7 @@ def serve_streams(
     and rate checks, metrics, the error renderer, each stream's routes, and the ops routes.
     Used by `create_app` and by `streams.Stream.mount` (a fastrtc app's own FastAPI app)."""
     check_names(served)
+    recording = _recording_policy(settings)
     if ice is None:
         pin_host_addresses(settings.ice_host_addresses)
         set_dead_peer_timeout(settings.ice_dead_peer_timeout_s)
@@ -243,6 +262,8 @@ def serve_streams(
             stream.rtc_configuration_source = ice.server_configuration
         if stream.max_frame_pixels is None:
             stream.max_frame_pixels = settings.video_max_pixels
+        if stream.recording is None:  # RECORD: each session's media, to files
+            stream.recording = recording
         if settings.ice_denied_peers is not None:
             stream.peer_policy = PeerPolicy(settings.ice_denied_peers)
 

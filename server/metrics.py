@@ -125,6 +125,15 @@ class Metrics:
             registry=r,
         )
         self.handler_errors = Counter("rt_handler_errors", "Handler exceptions", ["stream"], registry=r)
+        self.recording_bytes = Counter(
+            "rt_recording_bytes", "Bytes of session recordings written (RECORD)", ["stream"], registry=r
+        )
+        self.recording_dropped = Counter(
+            "rt_recording_dropped_frames",
+            "Frames a session's recording could not keep up with, dropped (the session never waits)",
+            ["stream"],
+            registry=r,
+        )
 
     def observer(self, stream: str) -> StreamObserver:
         return _PrometheusObserver(self, stream)
@@ -159,6 +168,8 @@ class _PrometheusObserver(StreamObserver):
         self._processing = metrics.processing.labels(stream)
         self._latency = metrics.server_latency.labels(stream)
         self._errors = metrics.handler_errors.labels(stream)
+        self._recorded = metrics.recording_bytes.labels(stream)
+        self._record_dropped = metrics.recording_dropped.labels(stream)
 
     def frame_received(self) -> None:
         self._in.inc()
@@ -194,3 +205,9 @@ class _PrometheusObserver(StreamObserver):
 
     def session_refused(self, transport: str, reason: str) -> None:
         self.metrics.count_refusal(self.stream, transport, reason)
+
+    def recording_written(self, n_bytes: int) -> None:
+        self._recorded.inc(n_bytes)
+
+    def recording_dropped(self) -> None:
+        self._record_dropped.inc()

@@ -72,6 +72,8 @@ class StreamObserver:
     def report(self, report: dict[str, Any]) -> None: ...
     def session_ended(self, transport: str, reason: str) -> None: ...
     def session_refused(self, transport: str, reason: str) -> None: ...
+    def recording_written(self, n_bytes: int) -> None: ...  # from a recording's writer thread
+    def recording_dropped(self) -> None: ...  # a frame the recording could not keep up with
 
 
 class SessionBudget:
@@ -229,6 +231,7 @@ class SessionTrack(MediaStreamTrack):
         self.worker = worker
         self.observer = observer or StreamObserver()
         self.frames_out = 0
+        self.on_sent: Callable[[av.VideoFrame], None] | None = None  # each frame sent (recording)
 
     def start(self) -> None:
         """Called once the peer is set up; tracks that need background work start it here."""
@@ -260,6 +263,7 @@ class _IncomingVideoTrack(SessionTrack):
         self._fresh = asyncio.Event()
         self._source_ended = False
         self._pump_task: asyncio.Task[None] | None = None
+        self._t0: float | None = None
 
     def _accept(self, frame: av.VideoFrame) -> None:
         raise NotImplementedError
@@ -327,9 +331,15 @@ class _IncomingVideoTrack(SessionTrack):
             out = await self.worker.run(self.process, frame)
             if out is None:  # the handler sent nothing for this frame (outputs only)
                 continue
+            # stamped by arrival on one clock: the camera's RTP times and a source's would jump (even
+            # backwards) when the session switches between them, and the browser would stall
+            self._t0 = received_at if self._t0 is None else self._t0
+            out.pts, out.time_base = int((received_at - self._t0) * 90_000), VIDEO_TIME_BASE
             self.frames_out += 1
             done = time.monotonic()
             self.observer.frame_sent(done - started, done - received_at)
+            if self.on_sent is not None:
+                self.on_sent(out)
             return out
 
     def stop(self) -> None:
@@ -440,6 +450,8 @@ class PacedVideoTrack(SessionTrack):
         frame.time_base = VIDEO_TIME_BASE
         self.frames_out += 1
         self.observer.frame_sent(time.monotonic() - started, None)
+        if self.on_sent is not None:
+            self.on_sent(frame)
         return frame
 
     def stop(self) -> None:
@@ -473,6 +485,7 @@ class PacedAudioTrack(MediaStreamTrack):
         self._start: float | None = None
         self._timestamp = 0
         self._time_base = fractions.Fraction(1, sample_rate)
+        self.on_sent: Callable[[int, np.ndarray], None] | None = None  # (rate, samples) sent (recording)
 
     async def put(self, samples: np.ndarray) -> None:
         """Queue int16 mono samples at `sample_rate` (any length), 20 ms at a time."""
@@ -527,6 +540,8 @@ class PacedAudioTrack(MediaStreamTrack):
                     await asyncio.sleep(wait)
                 elif wait < -0.2:  # far behind (a stalled loop): restart the clock, never burst
                     self._start = time.monotonic() - self._timestamp / self.sample_rate
+        if self.on_sent is not None:
+            self.on_sent(self.sample_rate, samples)
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = self.sample_rate
         frame.pts = self._timestamp

@@ -21,6 +21,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection
 
 from streams import fastrtc_adapter as adapter
+from streams.recording import CLOSE_TIMEOUT_S, SessionRecorder
 from streams.runtime import ReportChannel, Worker
 
 if TYPE_CHECKING:
@@ -101,6 +102,8 @@ class Session:
         self.context = contextvars.Context()
         self.context.run(self._enter_context)
         self.worker = Worker(f"{stream.name}-{session_id[:12]}", self.context)
+        # what the client sent and what it got, when the server records this stream (RECORD)
+        self.recorder = SessionRecorder.for_stream(stream, session_id, self.started)
 
     def _enter_context(self) -> None:
         _current.set(self)
@@ -187,7 +190,21 @@ class Session:
                 with contextlib.suppress(Exception):
                     await self.pc.close()
         finally:
-            self.stream._forget(self, reason)
+            try:
+                await self._close_recording()
+            finally:
+                self.stream._forget(self, reason)
+
+    async def _close_recording(self) -> None:
+        """Finish the recording's files off the event loop, after the media stopped feeding them and
+        before the slot is freed (a drain on SIGTERM waits for them); bounded, never raises."""
+        recorder = self.recorder
+        if recorder is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.to_thread(recorder.close), CLOSE_TIMEOUT_S + 1)
+        except Exception:
+            logger.exception("session %s: closing the recording failed", self.id)
 
     async def _tell_ended(self, reason: str, message: str) -> None:
         """On the outputs as `ended`, on the data channel as fastrtc's `end_stream`, or through the

@@ -38,6 +38,7 @@ from streams.inputs import (
     parameters_after_first,
 )
 from streams.media import AudioHandlerMedia, AudioVideoMedia, VideoGenerateMedia, VideoProcessMedia
+from streams.recording import RecordingPolicy
 from streams.runtime import OfferRejected, SessionBudget, StreamObserver
 from streams.sdp import ask_for_opus_dtx
 from streams.session import Media, Session
@@ -127,6 +128,7 @@ class Stream:
         self.rtc_configuration = rtc_configuration
         self.rtc_configuration_source: RtcConfigSource | None = server_rtc_configuration
         self.max_frame_pixels: int | None = None  # larger incoming video is downscaled first (server sets it)
+        self.recording: RecordingPolicy | None = None  # RECORD: sessions' media to files (server sets it)
         self.additional_inputs = list(additional_inputs or [])
         self.additional_outputs = list(additional_outputs or [])
         self.additional_outputs_handler = additional_outputs_handler
