@@ -65,9 +65,10 @@ def check_offer_sdp(sdp: str | None, modality: str, mode: str, receive_only_ok: 
         return f"the offer has no {modality} track"
     if mode == "send-receive" and receive_only_ok:
         mode = "receive"  # the video may come from the server's own source instead of the client
-    if mode == "send-receive" and not any(m.direction in (None, "sendrecv") for m in media):
+    # a missing direction means sendrecv (RFC 4566), but aiortc then fails inside the answer: refused
+    if mode == "send-receive" and not any(m.direction == "sendrecv" for m in media):
         return f"this stream sends and receives {modality}; the offer must do both (sendrecv)"
-    if mode == "receive" and not any(m.direction in (None, "sendrecv", "recvonly") for m in media):
+    if mode == "receive" and not any(m.direction in ("sendrecv", "recvonly") for m in media):
         return f"this stream sends {modality} to the client; the offer does not receive it"
     if not any(m.ice and m.ice.usernameFragment for m in parsed.media) and "a=ice-ufrag" not in sdp:
         return "the SDP has no ICE credentials"

@@ -326,7 +326,18 @@ class Stream:
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
                 for track in media.outgoing_tracks(incoming):
+                    before = len(pc.getTransceivers())
                     pc.addTrack(track)
+                    if len(pc.getTransceivers()) > before:  # no section of the offer can carry it:
+                        raise OfferRejected(  # aiortc would fail later, in a task of its own
+                            "invalid_sdp", f"the offer has no {track.kind} section this stream can send on"
+                        )
+                if any(t.receiver.transport is None for t in pc.getTransceivers()) or (
+                    pc.sctp is not None and pc.sctp.transport is None
+                ):  # aiortc would fail in a background task of its own, after the answer
+                    raise OfferRejected(
+                        "invalid_sdp", "a section of the offer has no transport (BUNDLE, mid)"
+                    )
                 adapter.use_low_latency_jitter_buffers(pc)
                 await pc.setLocalDescription(await pc.createAnswer())
             except OfferRejected:
