@@ -213,6 +213,32 @@ async def test_without_record_the_default_server_writes_nothing(server):
     assert video.received, "the session itself ran"
 
 
+def test_the_duration_cap_stops_a_recording_at_its_length_and_leaves_valid_files(tmp_path):
+    """In process: 2.5 s of 30 fps video and 20 ms audio into a recorder capped at 1 s."""
+    from streams.recording import RecordingPolicy, SessionRecorder
+
+    recorder = SessionRecorder(RecordingPolicy(tmp_path, max_s=1.0), "av", "cap-test", "audio-video")
+    image = np.zeros((240, 320, 3), np.uint8)
+    tone = (np.sin(np.arange(960) / 48_000 * 2 * np.pi * 440) * 8000).astype(np.int16)
+    t0 = time.monotonic()
+    for i in range(125):  # 2.5 s, paced: the cap counts wall-clock time
+        image[:] = (i * 2) % 256
+        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+        if i % 2 == 0:  # 25 fps video beside 50 chunks a second of audio
+            recorder.video_in(frame)
+            recorder.video_out(frame)
+        recorder.audio_in(48_000, tone)
+        recorder.audio_out(48_000, tone)
+        time.sleep(max(0.0, t0 + (i + 1) * 0.02 - time.monotonic()))
+    recorder.close()
+    assert recorder.stopped is not None and "duration" in recorder.stopped, recorder.stopped
+    for path in (tmp_path / "av-cap-test-in.mkv", tmp_path / "av-cap-test-out.mkv"):
+        rec = read_back(path)
+        assert rec.closed_properly, path
+        assert 0.8 <= rec.duration_s <= 1.3, (path.name, rec.duration_s)  # 1 s cap, one frame or chunk over
+        assert 15 <= rec.video_frames <= 33, (path.name, rec.video_frames)  # ~25 in the first second
+
+
 def test_an_unusable_record_dir_stops_the_server_at_start_saying_why(tmp_path):
     from server.app import create_app
     from server.config import Settings
