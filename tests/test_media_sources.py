@@ -181,13 +181,16 @@ def test_http_server_answers_single_byte_ranges(http_media, media_clip):
         assert http.get(http_media.url("missing.mp4")).status_code == 404
 
 
-def test_clip_over_http_decodes_whole_and_in_order_in_pyav_and_opencv(http_media, media_clip):
-    url = http_media.url(media_clip.name)
+def assert_whole_clip_in_pyav_and_opencv(url: str) -> None:
     frames = round(CLIP_SECONDS * CLIP_FPS)
     for reader in (pyav_frames, opencv_frames):
         got = reader(url, 1000)
         assert [i for i, _ in got] == list(range(frames)), reader.__name__
         assert {size for _, size in got} == {CLIP_SIZE}, reader.__name__
+
+
+def test_clip_over_http_decodes_whole_and_in_order_in_pyav_and_opencv(http_media, media_clip):
+    assert_whole_clip_in_pyav_and_opencv(http_media.url(media_clip.name))
 
 
 def test_an_mp4_whose_index_is_far_from_its_start_is_read_with_range_requests(http_media, media_folder):
@@ -207,12 +210,7 @@ def test_an_mp4_whose_index_is_far_from_its_start_is_read_with_range_requests(ht
 def test_hls_playlist_over_http_decodes_whole_in_pyav_and_opencv(http_media, media_folder):
     if not (media_folder / "hls" / "index.m3u8").exists():
         pytest.skip("the clip is VP8 (no H.264 or MPEG-4 encoder in PyAV): no HLS")
-    url = http_media.url("hls/index.m3u8")
-    frames = round(CLIP_SECONDS * CLIP_FPS)
-    for reader in (pyav_frames, opencv_frames):
-        got = reader(url, 1000)
-        assert [i for i, _ in got] == list(range(frames)), reader.__name__
-        assert {size for _, size in got} == {CLIP_SIZE}, reader.__name__
+    assert_whole_clip_in_pyav_and_opencv(http_media.url("hls/index.m3u8"))
 
 
 def test_rtsp_server_streams_the_clip_over_tcp_to_pyav_and_opencv(rtsp_media, monkeypatch):

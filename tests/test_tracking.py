@@ -354,12 +354,17 @@ def test_tracking_off_draws_and_reports_the_detector_boxes_as_before():
     assert report["detections"] == [det.as_dict()] and report["detection_age_frames"] == 3
 
 
-def test_tracking_on_reports_track_id_and_age_frames_beside_the_old_fields():
-    executor = FrameDelayedExecutor(2)
+def cup_pipeline(delay_frames: int) -> tuple[VideoPipeline, FrameDelayedExecutor, np.ndarray]:
+    """A pipeline whose detector always finds a cup at BOX, `delay_frames` late, and its image."""
+    executor = FrameDelayedExecutor(delay_frames)
     pipeline = VideoPipeline(
         detector=cast(Detector, FixedDetector([Detection("cup", 0.9, BOX)])), detect_executor=executor
     )
-    img = render((texture(120, 110, 9), 200, 150))
+    return pipeline, executor, render((texture(120, 110, 9), 200, 150))
+
+
+def test_tracking_on_reports_track_id_and_age_frames_beside_the_old_fields():
+    pipeline, executor, img = cup_pipeline(2)
     for n in range(1, 6):
         executor.before_frame(n)
         pipeline(frame_of(img), **PARAMS)
@@ -372,11 +377,7 @@ def test_tracking_on_reports_track_id_and_age_frames_beside_the_old_fields():
 
 
 def test_switching_detection_off_forgets_the_tracks():
-    executor = FrameDelayedExecutor(1)
-    pipeline = VideoPipeline(
-        detector=cast(Detector, FixedDetector([Detection("cup", 0.9, BOX)])), detect_executor=executor
-    )
-    img = render((texture(120, 110, 9), 200, 150))
+    pipeline, executor, img = cup_pipeline(1)
     for n in range(1, 4):
         executor.before_frame(n)
         pipeline(frame_of(img), **PARAMS)
