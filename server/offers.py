@@ -70,6 +70,10 @@ def check_offer_sdp(sdp: str | None, modality: str, mode: str, receive_only_ok: 
         return f"this stream sends and receives {modality}; the offer must do both (sendrecv)"
     if mode == "receive" and not any(m.direction in ("sendrecv", "recvonly") for m in media):
         return f"this stream sends {modality} to the client; the offer does not receive it"
+    bundle = next((g for g in parsed.group if g.semantic == "BUNDLE"), None)
+    if bundle is not None and bundle.items and bundle.items[0] not in {m.rtp.muxId for m in parsed.media}:
+        # aiortc would give the bundled sections no transport and fail in a task of its own
+        return f"the BUNDLE group's first mid {bundle.items[0]!r} names no media section"
     if not any(m.ice and m.ice.usernameFragment for m in parsed.media) and "a=ice-ufrag" not in sdp:
         return "the SDP has no ICE credentials"
     if not any(m.dtls and m.dtls.fingerprints for m in parsed.media):

@@ -62,6 +62,9 @@ async def test_malformed_offer_requests_get_clear_4xx(http):
     no_fp = re.sub(r"a=fingerprint:.*\r\n", "", video)
     assert_refusal(await http.post(offer, json={"type": "offer", "webrtc_id": "fp", "sdp": no_fp}), 400,
                    "invalid_sdp", "fingerprint")  # fmt: skip
+    unbundled = video.replace("a=mid:0", "a=mid:x", 1)  # BUNDLE 0 1 names a section that is not there
+    assert_refusal(await http.post(offer, json={"type": "offer", "webrtc_id": "bu", "sdp": unbundled}), 400,
+                   "invalid_sdp", "BUNDLE")  # fmt: skip
     # recvonly is a session that plays a server-side source (tests/test_video_sources.py); sendonly
     # would get nothing back
     one_way = video.replace("a=sendrecv", "a=sendonly")
