@@ -19,6 +19,7 @@ import skimage
 from tests.media_servers import HttpMediaServer, RtspMediaServer, rtsp_unavailable
 from tests.rtc_client import ReceiveClient, VideoClient
 from tests.server_process import ServerProcess
+from tests.test_chat_rtc import wait_until
 from tests.test_video_rtc import read_sse
 
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
@@ -107,14 +108,6 @@ async def receive_client(base_url: str) -> ReceiveClient:
     return client
 
 
-async def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def upload(base_url: str, webrtc_id: str, name: str, data: bytes, **kwargs: object) -> httpx.Response:
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
         return await http.post("/video/upload", params={"webrtc_id": webrtc_id},
@@ -141,13 +134,15 @@ async def test_an_uploaded_clip_comes_back_processed_with_detections_and_its_fil
         )  # fmt: skip
         people = [d for e in events for d in e.get("detections", []) if d["label"] == "person"]
         assert people, f"no person detected in the uploaded clip: {events[-3:]}"
-        await wait_for(lambda: len(client.frames) >= 20, 15, "20 frames of the upload")
+        assert await wait_until(lambda: len(client.frames) >= 20, 15), "20 frames of the upload"
         assert client.last_frame is not None and client.last_frame.shape[:2] == (360, 640)
         # flipped upside down: the white marker block is now at the bottom left
         assert client.last_frame[-20:, 2:20].mean() > 200 > client.last_frame[2:20, 2:20].mean()
     finally:
         await client.close()
-    await wait_for(lambda: not upload_files(media), 10, "the upload to be deleted when the session ended")
+    assert await wait_until(lambda: not upload_files(media), 10), (
+        "the upload to be deleted when the session ended"
+    )
 
 
 async def test_an_upload_that_is_not_a_video_or_too_big_is_refused_and_leaves_nothing_on_disk(
@@ -198,7 +193,7 @@ async def test_a_url_source_on_loopback_plays_and_urls_outside_media_url_allow_a
             source="url", url=f"http://127.0.0.1:{web.port}/allowed/walk.mkv", fps=10
         )
         assert resp.status_code == 200, resp.text
-        await wait_for(lambda: len(client.frames) >= 15, 15, "frames from the URL source")
+        assert await wait_until(lambda: len(client.frames) >= 15, 15), "frames from the URL source"
         assert (
             client.last_frame is not None and client.last_frame[2:20, 2:20].mean() > 200
         )  # the clip's marker
@@ -218,7 +213,7 @@ async def test_an_rtsp_url_source_plays_through_the_detector(source_server, rtsp
         playing = [e for e in events if e.get("type") == "source" and e.get("state") == "playing"]
         assert playing and playing[0]["container"] == "rtsp", events[:3]
         assert any(d["label"] == "person" for e in events for d in e.get("detections", [])), events[-3:]
-        await wait_for(lambda: len(client.frames) >= 10, 15, "frames from the RTSP source")
+        assert await wait_until(lambda: len(client.frames) >= 10, 15), "frames from the RTSP source"
     finally:
         await client.close()
 
@@ -242,7 +237,9 @@ async def test_media_dir_is_listed_and_no_name_leaves_it(source_server, media):
         await asyncio.sleep(0.3)
         resp = await client.set_input(source="file", file="sub/walk.mkv", loop=False)
         assert resp.status_code == 200, resp.text
-        await wait_for(lambda: "ended" in states, 15, "the source to end")  # loop=false: once (15 frames)
+        assert await wait_until(lambda: "ended" in states, 15), (
+            "the source to end"
+        )  # loop=false: once (15 frames)
         assert states == ["playing", "ended"], states
         assert len(client.frames) >= 5
         again = await client.set_input(seek=0.5)  # an ended source plays again from there
